@@ -1,0 +1,95 @@
+"""The offline demo model: deterministic, markdown-rich, paced by an absolute schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import re
+from collections.abc import AsyncIterator
+
+from providers.base import ChatMessage, Chunk, StreamParams, Usage
+
+_TOPICS = ["streaming", "back-pressure", "reconnects", "cursors", "fan-out", "idempotency"]
+_LANGS = [
+    ("python", 'async def stream(chat):\n    async for delta in chat:\n        print(delta, end="")'),
+    ("javascript", "const ws = new WebSocket(url);\nws.onmessage = (e) => render(JSON.parse(e.data));"),
+    ("sql", "SELECT id, status FROM generation\n WHERE status = 'active'\n ORDER BY started_at;"),
+]
+_WORDS = ("the server keeps every chunk in order so that a tab which reconnects can pick up "
+          "exactly where it left off while other tabs keep streaming at full speed and nothing "
+          "is ever written twice").split()
+
+
+def compose_reply(prompt: str, *, max_tokens: int | None = None) -> list[str]:
+    """The reply to `prompt` as a list of tokens (words with their trailing space, markdown
+    punctuation kept with them). Same prompt → same reply.
+
+    A prompt starting with `echo:` is answered with its own text verbatim, which lets tests
+    push arbitrary model output (e.g. XSS payloads) through the whole pipeline."""
+    if prompt.startswith("echo:"):
+        tokens = re.findall(r"\S+\s*|\s+", prompt[5:].lstrip())
+    else:
+        rng = random.Random(hashlib.sha256(prompt.encode()).digest())
+        topic = rng.choice(_TOPICS)
+        lang, code = rng.choice(_LANGS)
+        quoted = prompt.strip().replace("\n", " ")[:80]
+        paragraphs = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(14, 26))).capitalize()
+                      + "." for _ in range(2)]
+        text = (
+            f"## On {topic}\n\nYou asked: *{quoted}*. Here is a short answer in **markdown**.\n\n"
+            f"{paragraphs[0]}\n\n"
+            f"- first, **subscribe** with your cursor\n- then apply each `delta` once\n"
+            f"- finally check `done.sha256`\n\n"
+            f"```{lang}\n{code}\n```\n\n"
+            "| step | what happens |\n|---|---|\n| send | a generation starts |\n"
+            "| stop | it ends everywhere |\n\n"
+            f"{paragraphs[1]} Inline HTML such as <b>bold</b> or <script>alert(1)</script> is "
+            "shown as text, and [a link](https://example.com) stays a link.\n"
+        )
+        tokens = re.findall(r"\S+\s*|\s+", text)
+    if max_tokens is not None:
+        tokens = tokens[:max_tokens]
+    return tokens
+
+
+class DemoProvider:
+    """Streams `compose_reply(last user message)` at `tokens_per_s`. Chunk k is due at
+    start + k / rate, so the rate holds under load and lateness is measurable."""
+
+    name = "demo"
+    default_model = "demo-1"
+
+    def __init__(self, tokens_per_s: float = 40.0, max_tokens: int | None = None) -> None:
+        self.tokens_per_s = tokens_per_s
+        self.max_tokens = max_tokens
+
+    async def stream(self, messages: list[ChatMessage], *, model: str,
+                     params: StreamParams) -> AsyncIterator[Chunk]:
+        prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        limit = params.max_tokens or self.max_tokens
+        tokens = compose_reply(prompt, max_tokens=limit)
+        if messages and messages[-1].role == "assistant":  # continue: only what is missing
+            tokens = _remaining(tokens, messages[-1].content)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for k, token in enumerate(tokens):
+            due = t0 + k / self.tokens_per_s if self.tokens_per_s > 0 else t0
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield Chunk(text=token)
+        prompt_tokens = sum(len(m.content.split()) for m in messages)
+        yield Chunk(usage=Usage(input_tokens=prompt_tokens, output_tokens=len(tokens)))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _remaining(tokens: list[str], partial: str) -> list[str]:
+    """For `continue`: the tokens of the full reply that come after `partial`."""
+    full = "".join(tokens)
+    if full.startswith(partial):
+        rest = full[len(partial):]
+        return re.findall(r"\S+\s*|\s+", rest)
+    return tokens

@@ -1,0 +1,79 @@
+"""The Bus role: per-generation event logs, live fan-out per chat, stop requests, leases.
+
+A process calls `start(on_event, on_stop)` once. After that:
+- `append` puts a positioned event (delta or done) into its generation's log *and* fans it
+  out to every process watching the chat; `publish` fans out an unpositioned event.
+- `watch`/`unwatch` say which chats this process has local subscribers for (the Hub
+  reference-counts; the bus sees each chat once).
+- `request_stop` reaches the process that owns the generation, whose `on_stop` is called.
+- leases let another process tell that an owner died.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from server.protocol import Event
+
+EventHandler = Callable[[Event], None]
+StopHandler = Callable[[str], None]
+
+
+class BusUnavailable(Exception):
+    """The bus backend cannot be reached (e.g. Redis down)."""
+
+
+class Bus(ABC):
+    #: Identity of this process, used as lease owner.
+    owner: str
+
+    @abstractmethod
+    async def start(self, on_event: EventHandler, on_stop: StopHandler) -> None:
+        """Connect and begin delivering live events and stop requests to the handlers."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the backend is reachable (for /readyz)."""
+
+    @abstractmethod
+    async def append(self, event: Event) -> bool:
+        """Append a delta/done to its generation's log and publish it to the chat.
+        Returns True when a stop has been requested for that generation."""
+
+    @abstractmethod
+    async def publish(self, event: Event) -> None:
+        """Fan out an event that has no log position (message, start)."""
+
+    @abstractmethod
+    async def read_log(self, gen: str, after_seq: int) -> list[Event] | None:
+        """Events of `gen` with seq > after_seq, in order; None if the log is unknown
+        (never existed, expired, or lost) — the caller then falls back to a snapshot."""
+
+    @abstractmethod
+    async def end_log(self, gen: str) -> None:
+        """The generation is over: keep its log only for the retention period."""
+
+    @abstractmethod
+    async def watch(self, chat: str) -> None: ...
+
+    @abstractmethod
+    async def unwatch(self, chat: str) -> None: ...
+
+    @abstractmethod
+    async def request_stop(self, gen: str) -> None:
+        """Ask the owner of `gen` to stop it. Idempotent."""
+
+    @abstractmethod
+    async def refresh_lease(self, gen: str, ttl_s: float) -> None:
+        """Claim or extend this process's lease on `gen`."""
+
+    @abstractmethod
+    async def lease_owner(self, gen: str) -> str | None:
+        """The process holding a live lease on `gen`, if any."""
+
+    @abstractmethod
+    async def drop_lease(self, gen: str) -> None: ...

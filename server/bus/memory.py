@@ -1,0 +1,92 @@
+"""MemoryBus: the Bus for a single process. Logs live in a dict and expire after retention."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from server.bus.base import Bus, EventHandler, StopHandler
+from server.protocol import Event
+
+
+@dataclass(slots=True)
+class _Log:
+    events: list[Event] = field(default_factory=list)
+    expires_at: float | None = None  # monotonic deadline once the generation has ended
+
+
+class MemoryBus(Bus):
+    def __init__(self, retention_s: float = 900.0) -> None:
+        self.owner = f"mem-{uuid.uuid4().hex[:12]}"
+        self.retention_s = retention_s
+        self._logs: dict[str, _Log] = {}
+        self._stops: set[str] = set()
+        self._leases: dict[str, float] = {}
+        self._watched: set[str] = set()
+        self._on_event: EventHandler | None = None
+        self._on_stop: StopHandler | None = None
+
+    async def start(self, on_event: EventHandler, on_stop: StopHandler) -> None:
+        self._on_event, self._on_stop = on_event, on_stop
+
+    async def close(self) -> None:
+        self._logs.clear()
+
+    async def ping(self) -> bool:
+        return True
+
+    async def append(self, event: Event) -> bool:
+        gen = str(event.gen)
+        log = self._logs.get(gen)
+        if log is None:
+            self._prune()
+            log = self._logs[gen] = _Log()
+        log.events.append(event)
+        self._fan_out(event)
+        return gen in self._stops
+
+    async def publish(self, event: Event) -> None:
+        self._fan_out(event)
+
+    async def read_log(self, gen: str, after_seq: int) -> list[Event] | None:
+        log = self._logs.get(gen)
+        if log is None or (log.expires_at is not None and log.expires_at < time.monotonic()):
+            return None
+        return [e for e in log.events if e.seq > after_seq]
+
+    async def end_log(self, gen: str) -> None:
+        log = self._logs.setdefault(gen, _Log())
+        log.expires_at = time.monotonic() + self.retention_s
+        self._stops.discard(gen)
+
+    async def watch(self, chat: str) -> None:
+        self._watched.add(chat)
+
+    async def unwatch(self, chat: str) -> None:
+        self._watched.discard(chat)
+
+    async def request_stop(self, gen: str) -> None:
+        self._stops.add(gen)
+        if self._on_stop is not None:
+            self._on_stop(gen)
+
+    async def refresh_lease(self, gen: str, ttl_s: float) -> None:
+        self._leases[gen] = time.monotonic() + ttl_s
+
+    async def lease_owner(self, gen: str) -> str | None:
+        deadline = self._leases.get(gen)
+        return self.owner if deadline is not None and deadline > time.monotonic() else None
+
+    async def drop_lease(self, gen: str) -> None:
+        self._leases.pop(gen, None)
+
+    def _fan_out(self, event: Event) -> None:
+        if self._on_event is not None and event.chat in self._watched:
+            self._on_event(event)
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for gen in [g for g, log in self._logs.items()
+                    if log.expires_at is not None and log.expires_at < now]:
+            del self._logs[gen]

@@ -1,0 +1,84 @@
+"""One Settings object, read from the environment or a `.env` file."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from store.db import normalize_url, sqlite_url
+
+
+def _env(name: str) -> AliasChoices:
+    """Accept both the documented bare name (e.g. DATABASE_URL) and CHATCAST_ prefixed."""
+    return AliasChoices(name, f"CHATCAST_{name}")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHATCAST_", env_file=".env", extra="ignore",
+                                      populate_by_name=True)
+
+    # Components
+    database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
+    redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
+    data_dir: Path = Path("data")
+
+    # Identity
+    secret_key: str | None = None
+    allowed_origins: list[str] = Field(default_factory=list)
+    auth: str = "anonymous"
+
+    # Providers
+    provider: str | None = None
+    model: str | None = None
+    fallback: str = ""
+    demo_tokens_per_s: float = 40.0
+    demo_max_tokens: int | None = None
+    openai_api_key: str | None = Field(default=None, validation_alias=_env("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(default=None, validation_alias=_env("OPENAI_BASE_URL"))
+    gemini_api_key: str | None = Field(default=None, validation_alias=_env("GEMINI_API_KEY"))
+    gemini_base_url: str | None = Field(default=None, validation_alias=_env("GEMINI_BASE_URL"))
+    system_prompt: str | None = None
+    history_max_chars: int = 48_000
+
+    # Limits
+    max_message_chars: int = 32_000
+    history_page_size: int = 50
+    outbox_max_frames: int = 256
+    outbox_max_bytes: int = 1 << 20
+    max_subscriptions_per_socket: int = 100
+
+    # Timing
+    checkpoint_interval_s: float = 1.0
+    lease_ttl_s: float = 10.0
+    log_retention_s: float = 900.0
+    ws_ping_interval_s: float = 20.0
+    sse_heartbeat_s: float = 15.0
+    poll_max_wait_s: float = 30.0
+    shutdown_grace_s: float = 10.0
+    generation_timeout_s: float = 600.0
+
+    log_level: str = "INFO"
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return normalize_url(self.database_url)
+        return sqlite_url(self.data_dir.resolve())
+
+    @property
+    def bus_url(self) -> str:
+        return self.redis_url or "memory://"
+
+    def signing_key(self) -> str:
+        """CHATCAST_SECRET_KEY, else a key generated once and kept in the data folder."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
