@@ -5,8 +5,10 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from store.db import normalize_url, sqlite_url
 
@@ -27,7 +29,7 @@ class Settings(BaseSettings):
 
     # Identity
     secret_key: str | None = None
-    allowed_origins: list[str] = Field(default_factory=list)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     auth: str = "anonymous"
 
     # Providers
@@ -42,6 +44,12 @@ class Settings(BaseSettings):
     gemini_base_url: str | None = Field(default=None, validation_alias=_env("GEMINI_BASE_URL"))
     system_prompt: str | None = None
     history_max_chars: int = 48_000
+    provider_max_retries: int = 2
+    provider_retry_base_s: float = 0.5
+    provider_retry_max_s: float = 20.0
+    provider_connect_timeout_s: float = 10.0
+    provider_idle_timeout_s: float = 60.0
+    provider_nonstream_fallback: bool = False
 
     # Limits
     max_message_chars: int = 32_000
@@ -61,6 +69,13 @@ class Settings(BaseSettings):
     generation_timeout_s: float = 600.0
 
     log_level: str = "INFO"
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
 
     @property
     def db_url(self) -> str:
