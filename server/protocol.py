@@ -136,6 +136,7 @@ class Event:
 
     data: dict[str, Any]
     _raw: bytes | None = field(default=None, repr=False)
+    _text: str | None = field(default=None, repr=False)
 
     @property
     def type(self) -> str:
@@ -163,6 +164,12 @@ class Event:
         if self._raw is None:
             self._raw = orjson.dumps(self.data)
         return self._raw
+
+    def text(self) -> str:
+        """The JSON as str, for WebSocket text frames; computed once."""
+        if self._text is None:
+            self._text = self.encode().decode()
+        return self._text
 
     @classmethod
     def decode(cls, raw: bytes) -> Event:

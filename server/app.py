@@ -1,0 +1,102 @@
+"""The Starlette app factory: routes, middleware, and a lifespan that owns all resources."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from server import api
+from server.auth import Identity, IdentityMiddleware, origin_allowed
+from server.errors import ChatcastError
+from server.services import Services
+from server.settings import Settings
+from server.transports.ws import ws_endpoint
+
+STATIC = Path(__file__).parent / "static"
+CLIENT_JS = Path(__file__).parent.parent / "clients" / "js"
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; "
+       "object-src 'none'; form-action 'self'")
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                    "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+
+
+async def index(request: Request) -> Response:
+    page = STATIC / "index.html"
+    if not page.exists():
+        return Response("chatcast is running; the web UI is not installed.",
+                        media_type="text/plain")
+    return FileResponse(page, headers=SECURITY_HEADERS)
+
+
+async def openapi(request: Request) -> Response:
+    return api.OrjsonResponse(api.SCHEMAS.get_schema(routes=request.app.routes))
+
+
+class CrossSiteGuard:
+    """Cookie-authenticated unsafe HTTP methods must come from an allowed Origin (CSRF)."""
+
+    def __init__(self, app: Any, allowed: list[str]) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            request = Request(scope)
+            if not origin_allowed(request, self.allowed):
+                body = {"code": "unauthorized", "message": "cross-site request refused",
+                        "retryable": False}
+                await api.OrjsonResponse({"error": body}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def on_chatcast_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ChatcastError)
+    return api.error_response(exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = "not_found" if exc.status_code == 404 else "bad_request"
+    body = {"code": code, "message": str(exc.detail), "retryable": False}
+    return api.OrjsonResponse({"error": body}, status_code=exc.status_code)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    identity = Identity(settings.signing_key())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        svc = await Services.start(settings)
+        try:
+            yield {"svc": svc}
+        finally:
+            await svc.close()
+
+    routes = [
+        Route("/", index, include_in_schema=False),
+        Route("/openapi.json", openapi, include_in_schema=False),
+        WebSocketRoute("/ws", ws_endpoint),
+        *api.ROUTES,
+        Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
+        Mount("/client", StaticFiles(directory=CLIENT_JS, check_dir=False), name="client"),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(CrossSiteGuard, allowed=settings.allowed_origins),
+                    Middleware(IdentityMiddleware, identity=identity)],
+        exception_handlers={ChatcastError: on_chatcast_error, HTTPException: on_http_error},
+    )

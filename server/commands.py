@@ -1,0 +1,39 @@
+"""The commands every transport offers, in one place: validated, scoped by user, and turned
+into the same result objects whether they came as a WebSocket frame or an HTTP request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.protocol import check_content
+from server.services import Services
+from store.models import message_dict
+from store.repo import Started
+
+
+def started_result(started: Started) -> dict[str, Any]:
+    out: dict[str, Any] = {"gen": started.generation.id, "chat": started.chat.id,
+                           "assistant": started.assistant.id}
+    if started.user_message is not None:
+        out["message"] = message_dict(started.user_message)
+    return out
+
+
+async def send(svc: Services, user: str, chat: str, content: str,
+               client_msg_id: str | None) -> dict[str, Any]:
+    check_content(content, svc.settings.max_message_chars)
+    return started_result(await svc.runner.send(user, chat, content, client_msg_id))
+
+
+async def stop(svc: Services, user: str, gen: str | None, chat: str | None) -> dict[str, Any]:
+    g = await svc.runner.stop(user, gen, chat)
+    return {"gen": g.id, "status": "stopping" if g.status == "active" else g.status}
+
+
+async def regenerate(svc: Services, user: str, chat: str,
+                     message: str | None) -> dict[str, Any]:
+    return started_result(await svc.runner.regenerate(user, chat, message))
+
+
+async def continue_(svc: Services, user: str, gen: str) -> dict[str, Any]:
+    return started_result(await svc.runner.continue_(user, gen))

@@ -1,0 +1,192 @@
+"""Per-process fan-out: chat → local subscribers, each with a bounded outbox.
+
+A subscriber is one client connection (a WebSocket, an SSE response, a long-poll request).
+Its outbox is bounded in frames and bytes. While the connection is busy writing, a new delta
+of the same generation is merged into the queued one (adaptive coalescing: an idle socket
+gets every delta at once, a busy one gets fewer, larger frames). If the outbox still
+overflows, the subscriber is marked overflowed and its transport closes it (WebSocket 4008);
+the client resumes from its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from server import metrics
+from server.bus.base import Bus
+from server.protocol import Cursor, Event
+
+CatchUp = Callable[[str, Cursor | None], Awaitable[list[Event]]]
+
+
+@dataclass(slots=True)
+class _ChatView:
+    """One subscriber's view of one chat: live events are buffered while it catches up."""
+
+    syncing: bool = True
+    buffer: list[Event] = field(default_factory=list)
+    seen: dict[str, int] = field(default_factory=dict)  # gen → last seq delivered
+
+
+class Subscriber:
+    def __init__(self, transport: str, max_frames: int = 256, max_bytes: int = 1 << 20) -> None:
+        self.transport = transport
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.outbox: deque[Event] = deque()
+        self.queued_bytes = 0
+        self.overflowed = False
+        self.chats: dict[str, _ChatView] = {}
+        self._ready = asyncio.Event()
+
+    # Producer side --------------------------------------------------------------------
+
+    def deliver(self, event: Event) -> None:
+        """A live event of a chat this subscriber may be watching."""
+        view = self.chats.get(event.chat)
+        if view is None:
+            return
+        if view.syncing:
+            view.buffer.append(event)
+        else:
+            self._emit(view, event)
+
+    def push(self, event: Event) -> None:
+        """Queue a frame that is not about a chat position (ack, error, pong)."""
+        self._enqueue(event)
+
+    def _emit(self, view: _ChatView, event: Event) -> None:
+        if event.type == "snapshot":
+            active = event.data.get("active")
+            view.seen.clear()
+            if active:
+                view.seen[active["gen"]] = int(active["seq"])
+        elif event.is_positioned:
+            gen = str(event.gen)
+            if event.seq <= view.seen.get(gen, 0):
+                return  # already delivered (replay and live overlap)
+            view.seen[gen] = event.seq
+            if len(view.seen) > 8:
+                view.seen.pop(next(iter(view.seen)))
+        self._enqueue(event)
+
+    def _enqueue(self, event: Event) -> None:
+        if self.overflowed:
+            return
+        tail = self.outbox[-1] if self.outbox else None
+        if (tail is not None and event.type == "delta" and tail.type == "delta"
+                and tail.gen == event.gen):
+            merged = tail.merged_with(event)
+            self.queued_bytes += len(merged.encode()) - len(tail.encode())
+            self.outbox[-1] = merged
+            metrics.COALESCED.inc()
+        else:
+            self.outbox.append(event)
+            self.queued_bytes += len(event.encode())
+        if len(self.outbox) > self.max_frames or self.queued_bytes > self.max_bytes:
+            self.overflowed = True
+            self.outbox.clear()
+            self.queued_bytes = 0
+            metrics.SLOW_CLOSES.inc()
+        self._ready.set()
+
+    # Consumer side --------------------------------------------------------------------
+
+    async def next_batch(self) -> list[Event]:
+        """Wait for frames; return all queued (empty list means: overflowed, close)."""
+        while not self.outbox and not self.overflowed:
+            self._ready.clear()
+            await self._ready.wait()
+        batch = list(self.outbox)
+        self.outbox.clear()
+        self.queued_bytes = 0
+        return batch
+
+    # Subscription bookkeeping (driven by the Hub) -------------------------------------
+
+    def _open(self, chat: str) -> None:
+        self.chats[chat] = _ChatView()
+
+    def _finish_sync(self, chat: str, catch_up: list[Event]) -> None:
+        view = self.chats.get(chat)
+        if view is None:
+            return
+        for event in catch_up:
+            self._emit(view, event)
+        for event in view.buffer:
+            self._emit(view, event)
+        view.buffer.clear()
+        view.syncing = False
+
+
+class Hub:
+    def __init__(self, bus: Bus, catch_up: CatchUp) -> None:
+        self.bus = bus
+        self.catch_up = catch_up
+        self.chats: dict[str, set[Subscriber]] = {}
+        self._watching: dict[str, asyncio.Future[None]] = {}
+        self._unwatch_tasks: set[asyncio.Task[None]] = set()
+
+    def on_event(self, event: Event) -> None:
+        """Called by the bus for every live event of a watched chat."""
+        for sub in self.chats.get(event.chat, ()):
+            sub.deliver(event)
+
+    async def subscribe(self, sub: Subscriber, chat: str, cursor: Cursor | None) -> None:
+        """Live first, then catch up from the cursor; the overlap is de-duplicated by seq."""
+        sub._open(chat)
+        self.chats.setdefault(chat, set()).add(sub)
+        try:
+            await self._ensure_watch(chat)
+            events = await self.catch_up(chat, cursor)
+        except BaseException:
+            self.unsubscribe(sub, chat)
+            raise
+        sub._finish_sync(chat, events)
+
+    async def _ensure_watch(self, chat: str) -> None:
+        fut = self._watching.get(chat)
+        if fut is None:
+            fut = self._watching[chat] = asyncio.get_running_loop().create_future()
+            try:
+                await self.bus.watch(chat)
+            except BaseException as exc:
+                del self._watching[chat]
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: waiting subscribers re-raise it themselves
+                raise
+            fut.set_result(None)
+        await asyncio.shield(fut)
+
+    def unsubscribe(self, sub: Subscriber, chat: str) -> None:
+        sub.chats.pop(chat, None)
+        subs = self.chats.get(chat)
+        if subs is None:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self.chats[chat]
+            if self._watching.pop(chat, None) is not None:
+                task = asyncio.get_running_loop().create_task(self._unwatch(chat))
+                self._unwatch_tasks.add(task)
+                task.add_done_callback(self._unwatch_tasks.discard)
+
+    async def _unwatch(self, chat: str) -> None:
+        if chat not in self._watching:  # nobody subscribed again in the meantime
+            await self.bus.unwatch(chat)
+
+    def drop(self, sub: Subscriber) -> None:
+        """Forget a subscriber on all its chats (its connection ended)."""
+        for chat in list(sub.chats):
+            self.unsubscribe(sub, chat)
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self.chats.values())
+
+    async def close(self) -> None:
+        for task in list(self._unwatch_tasks):
+            task.cancel()
+        await asyncio.gather(*self._unwatch_tasks, return_exceptions=True)

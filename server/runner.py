@@ -1,0 +1,292 @@
+"""The Runner owns generations: it pulls chunks from the provider, numbers them, appends them
+to the bus, checkpoints partial text to SQL, and ends each with exactly one terminal event.
+It is the only writer of assistant message content.
+
+A generation belongs to this process, not to the socket that asked for it: closing every
+tab does not stop it; only `stop` (from any process, through the bus) does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from providers import (
+    ChatMessage,
+    ProviderError,
+    ProviderFailure,
+    ProviderStreamBroken,
+    ProviderUnavailable,
+    Registry,
+    StreamParams,
+)
+from server import metrics, protocol
+from server.bus.base import Bus
+from server.codes import Code
+from server.errors import NotFound
+from server.settings import Settings
+from store.models import Generation, Message, message_dict
+from store.repo import Repo, Started
+
+log = logging.getLogger("chatcast.runner")
+
+
+@dataclass(slots=True)
+class Running:
+    """A generation this process is producing."""
+
+    gen: Generation
+    chat_id: str
+    message_id: str
+    content: str
+    seq: int = 0
+    stop_requested: bool = False
+    interrupted: bool = False
+    pump: asyncio.Task[None] | None = None
+    usage: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Runner:
+    def __init__(self, settings: Settings, repo: Repo, bus: Bus, registry: Registry) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.bus = bus
+        self.registry = registry
+        self.running: dict[str, Running] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # Commands ------------------------------------------------------------------------
+
+    async def send(self, user_id: str, chat_id: str, content: str,
+                   client_msg_id: str | None) -> Started:
+        chat = await self.repo.get_chat(user_id, chat_id)
+        provider, model = self.registry.resolve(chat.provider, chat.model)
+        started = await self.repo.start_send(user_id, chat_id, content, client_msg_id,
+                                             provider, model, self.bus.owner)
+        if not started.repeated:
+            assert started.user_message is not None
+            await self.bus.publish(protocol.message(chat_id, message_dict(started.user_message)))
+            await self._launch(started)
+        return started
+
+    async def regenerate(self, user_id: str, chat_id: str, message_id: str | None) -> Started:
+        chat = await self.repo.get_chat(user_id, chat_id)
+        provider, model = self.registry.resolve(chat.provider, chat.model)
+        started = await self.repo.start_regenerate(user_id, chat_id, message_id, provider,
+                                                   model, self.bus.owner)
+        await self._launch(started)
+        return started
+
+    async def continue_(self, user_id: str, gen_id: str) -> Started:
+        started = await self.repo.start_continue(user_id, gen_id, self.bus.owner)
+        await self._launch(started)
+        return started
+
+    async def stop(self, user_id: str, gen_id: str | None, chat_id: str | None) -> Generation:
+        """Stop a generation for everyone. Idempotent: a finished one is returned as is."""
+        if gen_id is not None:
+            gen = await self.repo.get_generation(user_id, gen_id)
+        else:
+            assert chat_id is not None
+            await self.repo.get_chat(user_id, chat_id)
+            found = await self.repo.active_generation(chat_id) or \
+                await self.repo.latest_generation(chat_id)
+            if found is None:
+                raise NotFound("generation")
+            gen = found
+        if gen.status == "active":
+            await self.bus.request_stop(gen.id)
+        return gen
+
+    def on_stop(self, gen_id: str) -> None:
+        """Bus callback: a stop was requested for `gen_id` (maybe by another process)."""
+        running = self.running.get(gen_id)
+        if running is not None and not running.stop_requested:
+            running.stop_requested = True
+            if running.pump is not None:
+                running.pump.cancel()
+
+    # The generation itself -----------------------------------------------------------
+
+    async def _launch(self, started: Started) -> None:
+        gen = started.generation
+        running = Running(gen, gen.chat_id, gen.message_id, started.base_content)
+        self.running[gen.id] = running
+        await self.bus.refresh_lease(gen.id, self.settings.lease_ttl_s)
+        # `start` opens the generation's log at seq 0, so a cursor (gen, 0) is replayable
+        # before the first delta exists.
+        await self.bus.append(protocol.start(gen.chat_id, gen.id, gen.message_id,
+                                             gen.provider, gen.model))
+        metrics.ACTIVE_GENERATIONS.inc()
+        task = asyncio.get_running_loop().create_task(self._run(running),
+                                                      name=f"generation-{gen.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, r: Running) -> None:
+        """Drive the pump under the wall-clock limit and always end with one terminal state."""
+        status, error = "completed", None
+        r.pump = asyncio.create_task(self._pump(r), name=f"pump-{r.gen.id}")
+        try:
+            async with asyncio.timeout(self.settings.generation_timeout_s):
+                await asyncio.shield(r.pump)
+        except TimeoutError:
+            status, error = "error", {"code": str(Code.PROVIDER_UNAVAILABLE),
+                                      "message": "the answer took longer than the time limit"}
+        except asyncio.CancelledError:
+            # Either the pump was stopped before it ran, or this process is shutting down.
+            status = "stopped" if r.stop_requested else "interrupted"
+        except ProviderFailure as exc:
+            status, error = "error", _provider_error(exc)
+            metrics.PROVIDER_ERRORS.labels(r.gen.provider, error["code"]).inc()
+            log.warning("provider failed", extra={"gen": r.gen.id, "chat": r.chat_id,
+                                                  "error": exc.message, "status": exc.status})
+        except Exception:
+            log.exception("generation failed", extra={"gen": r.gen.id, "chat": r.chat_id})
+            status, error = "error", {"code": str(Code.INTERNAL), "message": "internal error"}
+        else:
+            if r.stop_requested:
+                status = "stopped"
+        finally:
+            if not r.pump.done():
+                r.pump.cancel()
+                await asyncio.gather(r.pump, return_exceptions=True)
+            await self._finish(r, status, error)
+
+    async def _pump(self, r: Running) -> None:
+        """Provider → bus. Cancelled by `stop` (the provider closes its connection)."""
+        try:
+            if r.stop_requested:
+                return
+            history = await self._history(r)
+            started_at = time.monotonic()
+            last_checkpoint = started_at
+            stream = self.registry.stream(r.gen.provider, r.gen.model, history,
+                                          StreamParams(), r.meta)
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    r.usage = chunk.usage.as_dict()
+                if not chunk.text:
+                    continue
+                if r.seq == 0:
+                    ttft = time.monotonic() - started_at
+                    r.meta["ttft_ms"] = round(ttft * 1000, 1)
+                    metrics.TTFT.labels(r.gen.provider).observe(ttft)
+                r.seq += 1
+                r.content += chunk.text
+                if await self.bus.append(protocol.delta(r.chat_id, r.gen.id, r.seq, chunk.text)):
+                    self.on_stop(r.gen.id)
+                    return
+                now = time.monotonic()
+                if now - last_checkpoint >= self.settings.checkpoint_interval_s:
+                    last_checkpoint = now
+                    await self.repo.checkpoint(r.gen.id, r.message_id, r.content, r.seq)
+                    await self.bus.refresh_lease(r.gen.id, self.settings.lease_ttl_s)
+        except asyncio.CancelledError:
+            if not r.stop_requested:
+                raise
+        finally:
+            r.meta["tokens"] = r.seq
+
+    async def _history(self, r: Running) -> list[ChatMessage]:
+        rows = await self.repo.history(r.chat_id, upto_message=r.message_id)
+        messages = _conversation(rows)
+        if r.content:  # continue: the model sees its own partial answer last
+            messages.append(ChatMessage("assistant", r.content))
+        if self.settings.system_prompt:
+            messages.insert(0, ChatMessage("system", self.settings.system_prompt))
+        return messages
+
+    async def _finish(self, r: Running, status: str, error: dict[str, Any] | None) -> None:
+        """Commit the final content to SQL (retrying), then publish `done`."""
+        msg = await self._commit_final(r, status, error)
+        self.running.pop(r.gen.id, None)
+        metrics.ACTIVE_GENERATIONS.dec()
+        metrics.GENERATIONS.labels(status).inc()
+        if msg is not None:
+            await self._publish_done(r.chat_id, r.gen.id, r.seq, status, message_dict(msg),
+                                     r.usage, error)
+        await self.bus.drop_lease(r.gen.id)
+        log.info("generation ended", extra={"gen": r.gen.id, "chat": r.chat_id,
+                                            "status": status, "seq": r.seq})
+
+    async def _commit_final(self, r: Running, status: str,
+                            error: dict[str, Any] | None) -> Message | None:
+        delay = 0.2
+        for attempt in range(8):
+            try:
+                return await self.repo.finish(r.gen.id, status, r.content, r.seq,
+                                              usage=r.usage, error=error, meta=r.meta,
+                                              only_if_active=True)
+            except Exception:
+                log.exception("final write failed; retrying",
+                              extra={"gen": r.gen.id, "attempt": attempt + 1})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        log.error("final content could not be written", extra={"gen": r.gen.id})
+        return None
+
+    async def _publish_done(self, chat_id: str, gen_id: str, seq: int, status: str,
+                            msg: dict[str, Any], usage: dict[str, Any] | None,
+                            error: dict[str, Any] | None) -> None:
+        await self.bus.append(protocol.done(chat_id, gen_id, seq + 1, status, msg,
+                                            usage=usage, err=error))
+        await self.bus.end_log(gen_id)
+
+    # Orphans -------------------------------------------------------------------------
+
+    async def reap_orphans(self) -> int:
+        """Mark active generations whose owner's lease is gone as interrupted."""
+        reaped = 0
+        for gen in await self.repo.active_generations():
+            if gen.id in self.running:
+                continue
+            if await self.bus.lease_owner(gen.id) is not None:
+                continue
+            msg = await self.repo.get_message(gen.message_id)
+            content = msg.content if msg else ""
+            final = await self.repo.finish(gen.id, "interrupted", content, gen.last_seq,
+                                           meta=gen.meta, only_if_active=True)
+            if final is None:
+                continue  # someone else finished it
+            reaped += 1
+            log.warning("generation interrupted: its owner is gone",
+                        extra={"gen": gen.id, "chat": gen.chat_id, "owner": gen.owner})
+            await self._publish_done(gen.chat_id, gen.id, gen.last_seq, "interrupted",
+                                     message_dict(final), None, None)
+        return reaped
+
+    async def close(self, grace_s: float) -> None:
+        """Let running generations finish within the grace period, then interrupt the rest."""
+        self._closing = True
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _conversation(rows: list[Message]) -> list[ChatMessage]:
+    """User and assistant turns; of several answers to one message, only the newest."""
+    out: list[ChatMessage] = []
+    for m in rows:
+        if m.role not in ("user", "assistant", "system") or not m.content:
+            continue
+        if m.role == "assistant" and out and out[-1].role == "assistant":
+            out[-1] = ChatMessage("assistant", m.content)
+        else:
+            out.append(ChatMessage(m.role, m.content))  # type: ignore[arg-type]
+    return out
+
+
+def _provider_error(exc: ProviderFailure) -> dict[str, Any]:
+    code = Code.PROVIDER_UNAVAILABLE if isinstance(exc, ProviderUnavailable) else \
+        Code.PROVIDER_ERROR
+    if isinstance(exc, ProviderError | ProviderStreamBroken):
+        code = Code.PROVIDER_ERROR
+    return {"code": str(code), "message": exc.message}

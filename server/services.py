@@ -1,0 +1,103 @@
+"""The process-wide resources, created once in the lifespan and closed on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import HTTPConnection
+
+from providers import Registry
+from server.auth import Identity
+from server.bus.base import Bus
+from server.hub import Hub, Subscriber
+from server.replay import Replay
+from server.runner import Runner
+from server.settings import Settings
+from store.db import make_engine, session_factory
+from store.repo import Repo
+
+log = logging.getLogger("chatcast")
+
+
+def make_bus(settings: Settings) -> Bus:
+    url = settings.bus_url
+    if url.startswith("memory://"):
+        from server.bus.memory import MemoryBus
+        return MemoryBus(retention_s=settings.log_retention_s)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from server.bus.redis import RedisBus  # type: ignore[import-not-found,unused-ignore]
+        bus: Bus = RedisBus(url, retention_s=settings.log_retention_s)
+        return bus
+    raise ValueError(f"unsupported bus URL {url!r}: use memory:// or redis://")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    repo: Repo
+    bus: Bus
+    registry: Registry
+    hub: Hub
+    runner: Runner
+    replay: Replay
+    identity: Identity
+    engine: AsyncEngine
+    shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
+    _reaper: asyncio.Task[None] | None = None
+
+    def subscriber(self, transport: str) -> Subscriber:
+        return Subscriber(transport, self.settings.outbox_max_frames,
+                          self.settings.outbox_max_bytes)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Services:
+        engine = make_engine(settings.db_url)
+        repo = Repo(session_factory(engine))
+        bus = make_bus(settings)
+        registry = Registry.from_settings(settings)
+        replay = Replay(repo, bus, settings.history_page_size)
+        hub = Hub(bus, replay.catch_up)
+        runner = Runner(settings, repo, bus, registry)
+        await bus.start(hub.on_event, runner.on_stop)
+        svc = cls(settings, repo, bus, registry, hub, runner, replay,
+                  Identity(settings.signing_key()), engine)
+        await runner.reap_orphans()
+        svc._reaper = asyncio.create_task(svc._reap_forever(), name="reaper")
+        log.info("chatcast ready", extra={"bus": bus.__class__.__name__,
+                                          "provider": registry.default,
+                                          "database": engine.url.get_backend_name()})
+        return svc
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.settings.lease_ttl_s / 2, 0.5))
+            try:
+                await self.runner.reap_orphans()
+            except Exception:
+                log.exception("orphan sweep failed")
+
+    async def close(self) -> None:
+        self.shutting_down.set()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self.runner.close(self.settings.shutdown_grace_s)
+        await self.hub.close()
+        await self.bus.close()
+        await self.registry.aclose()
+        await self.engine.dispose()
+
+
+def services(conn: HTTPConnection) -> Services:
+    svc: Services = conn.state.svc
+    return svc
+
+
+def user_id(conn: HTTPConnection) -> str:
+    uid: str = conn.scope["state"]["user_id"]
+    return uid

@@ -1,0 +1,322 @@
+"""Queries. Every lookup a client can reach is scoped by user: another user's id is not found."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from server.errors import BadRequest, Busy, NotFound
+from store.ids import utcnow
+from store.models import TERMINAL_TO_MESSAGE, Chat, Generation, Message, User
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@dataclass(slots=True)
+class Started:
+    """What starting a generation created (or found, for a repeated client_msg_id)."""
+
+    chat: Chat
+    generation: Generation
+    assistant: Message
+    user_message: Message | None
+    base_content: str = ""  # text the answer already had (continue)
+    repeated: bool = False  # the same client_msg_id was sent before
+
+
+class Repo:
+    def __init__(self, sessions: Sessions) -> None:
+        self.sessions = sessions
+
+    async def ping(self) -> bool:
+        try:
+            async with self.sessions() as s:
+                await s.exec(select(1))  # type: ignore[call-overload]
+            return True
+        except Exception:
+            return False
+
+    # Users and chats -----------------------------------------------------------------
+
+    async def ensure_user(self, user_id: str) -> None:
+        async with self.sessions() as s:
+            if await s.get(User, user_id) is None:
+                s.add(User(id=user_id))
+                try:
+                    await s.commit()
+                except IntegrityError:  # created concurrently: fine
+                    await s.rollback()
+
+    async def create_chat(self, user_id: str, title: str | None = None,
+                          provider: str | None = None, model: str | None = None) -> Chat:
+        await self.ensure_user(user_id)
+        chat = Chat(user_id=user_id, title=title or "New chat", provider=provider, model=model)
+        async with self.sessions() as s:
+            s.add(chat)
+            await s.commit()
+        return chat
+
+    async def list_chats(self, user_id: str, limit: int = 200) -> list[Chat]:
+        async with self.sessions() as s:
+            rows = await s.exec(select(Chat).where(Chat.user_id == user_id)
+                                .order_by(col(Chat.updated_at).desc()).limit(limit))
+            return list(rows)
+
+    async def get_chat(self, user_id: str, chat_id: str) -> Chat:
+        async with self.sessions() as s:
+            chat = await s.get(Chat, chat_id)
+        if chat is None or chat.user_id != user_id:
+            raise NotFound("chat")
+        return chat
+
+    async def update_chat(self, user_id: str, chat_id: str, changes: dict[str, Any]) -> Chat:
+        async with self.sessions() as s:
+            chat = await s.get(Chat, chat_id)
+            if chat is None or chat.user_id != user_id:
+                raise NotFound("chat")
+            for key, value in changes.items():
+                setattr(chat, key, value)
+            chat.updated_at = utcnow()
+            s.add(chat)
+            await s.commit()
+            return chat
+
+    async def delete_chat(self, user_id: str, chat_id: str) -> None:
+        async with self.sessions() as s:
+            chat = await s.get(Chat, chat_id)
+            if chat is None or chat.user_id != user_id:
+                raise NotFound("chat")
+            if await self._active_generation(s, chat_id) is not None:
+                raise Busy()
+            for model in (Generation, Message):
+                rows = await s.exec(select(model).where(model.chat_id == chat_id))
+                for row in rows:
+                    await s.delete(row)
+            await s.delete(chat)
+            await s.commit()
+
+    # Messages ------------------------------------------------------------------------
+
+    async def messages_page(self, chat_id: str, before: str | None = None,
+                            limit: int = 50) -> tuple[list[Message], bool]:
+        """A page of history, newest page first; messages oldest → newest within the page."""
+        async with self.sessions() as s:
+            q = select(Message).where(Message.chat_id == chat_id)
+            if before:
+                q = q.where(col(Message.id) < before)
+            rows = list(await s.exec(q.order_by(col(Message.id).desc()).limit(limit + 1)))
+        has_more = len(rows) > limit
+        return list(reversed(rows[:limit])), has_more
+
+    async def history(self, chat_id: str, upto_message: str | None = None) -> list[Message]:
+        """The conversation for the model: oldest first, up to (excluding) a message."""
+        async with self.sessions() as s:
+            q = select(Message).where(Message.chat_id == chat_id)
+            if upto_message:
+                q = q.where(col(Message.id) < upto_message)
+            return list(await s.exec(q.order_by(col(Message.id))))
+
+    async def get_message(self, message_id: str) -> Message | None:
+        async with self.sessions() as s:
+            return await s.get(Message, message_id)
+
+    # Generations ---------------------------------------------------------------------
+
+    async def start_send(self, user_id: str, chat_id: str, content: str,
+                         client_msg_id: str | None, provider: str, model: str,
+                         owner: str) -> Started:
+        """Store the user message and start its generation, atomically. The same
+        client_msg_id twice returns the first result; a chat already generating is Busy."""
+        chat = await self.get_chat(user_id, chat_id)
+        user_msg = Message(chat_id=chat_id, role="user", content=content,
+                           client_msg_id=client_msg_id)
+        assistant = Message(chat_id=chat_id, role="assistant", status="streaming",
+                            is_streaming=True, provider=provider, model=model)
+        gen = Generation(chat_id=chat_id, message_id=assistant.id, user_id=user_id,
+                         provider=provider, model=model, owner=owner)
+        user_msg.generation_id = gen.id
+        assistant.generation_id = gen.id
+        if chat.title == "New chat":
+            chat.title = _title_from(content)
+        chat.updated_at = utcnow()
+        async with self.sessions() as s:
+            s.add_all([user_msg, assistant, gen, chat])
+            try:
+                await s.commit()
+            except IntegrityError:
+                await s.rollback()
+                if client_msg_id:
+                    found = await self._find_sent(s, chat, client_msg_id)
+                    if found is not None:
+                        return found
+                raise Busy() from None
+        return Started(chat, gen, assistant, user_msg)
+
+    async def _find_sent(self, s: AsyncSession, chat: Chat, client_msg_id: str) -> Started | None:
+        user_msg = (await s.exec(select(Message).where(
+            Message.chat_id == chat.id, Message.client_msg_id == client_msg_id))).first()
+        if user_msg is None or user_msg.generation_id is None:
+            return None
+        gen = await s.get(Generation, user_msg.generation_id)
+        assistant = await s.get(Message, gen.message_id) if gen else None
+        if gen is None or assistant is None:
+            return None
+        return Started(chat, gen, assistant, user_msg, repeated=True)
+
+    async def start_regenerate(self, user_id: str, chat_id: str, message_id: str | None,
+                               provider: str, model: str, owner: str) -> Started:
+        """A new answer to the last (or given) user message."""
+        chat = await self.get_chat(user_id, chat_id)
+        async with self.sessions() as s:
+            q = select(Message).where(Message.chat_id == chat_id, Message.role == "user")
+            if message_id:
+                q = q.where(Message.id == message_id)
+            user_msg = (await s.exec(q.order_by(col(Message.id).desc()))).first()
+            if user_msg is None:
+                raise NotFound("message") if message_id else BadRequest("nothing to regenerate")
+            assistant = Message(chat_id=chat_id, role="assistant", status="streaming",
+                                is_streaming=True, provider=provider, model=model)
+            gen = Generation(chat_id=chat_id, message_id=assistant.id, user_id=user_id,
+                             provider=provider, model=model, owner=owner,
+                             meta={"regenerates": user_msg.id})
+            assistant.generation_id = gen.id
+            chat.updated_at = utcnow()
+            s.add_all([assistant, gen, chat])
+            try:
+                await s.commit()
+            except IntegrityError:
+                await s.rollback()
+                raise Busy() from None
+        return Started(chat, gen, assistant, None)
+
+    async def start_continue(self, user_id: str, gen_id: str, owner: str) -> Started:
+        """A new generation appending to the partial answer of a stopped/interrupted/failed one."""
+        async with self.sessions() as s:
+            old = await s.get(Generation, gen_id)
+            if old is None or old.user_id != user_id:
+                raise NotFound("generation")
+            chat = await s.get(Chat, old.chat_id)
+            assistant = await s.get(Message, old.message_id)
+            if chat is None or assistant is None:
+                raise NotFound("generation")
+            if old.status == "active":
+                raise Busy()
+            if assistant.generation_id != old.id or assistant.status not in (
+                    "stopped", "interrupted", "error"):
+                raise BadRequest(f"generation {gen_id} is {old.status}; only the latest "
+                                 "stopped, interrupted or failed answer can be continued")
+            gen = Generation(chat_id=chat.id, message_id=assistant.id, user_id=user_id,
+                             provider=old.provider, model=old.model, owner=owner,
+                             meta={"continues": old.id})
+            assistant.generation_id = gen.id
+            assistant.status = "streaming"
+            assistant.is_streaming = True
+            assistant.completed_at = None
+            chat.updated_at = utcnow()
+            s.add_all([assistant, gen, chat])
+            try:
+                await s.commit()
+            except IntegrityError:
+                await s.rollback()
+                raise Busy() from None
+            return Started(chat, gen, assistant, None, base_content=assistant.content)
+
+    async def checkpoint(self, gen_id: str, message_id: str, content: str, seq: int) -> None:
+        """Partial text and the seq it reaches, written together."""
+        async with self.sessions() as s:
+            await s.exec(update(Message).where(col(Message.id) == message_id)  # type: ignore[call-overload]
+                         .values(content=content))
+            await s.exec(update(Generation).where(col(Generation.id) == gen_id)  # type: ignore[call-overload]
+                         .values(last_seq=seq))
+            await s.commit()
+
+    async def finish(self, gen_id: str, status: str, content: str, seq: int, *,
+                     usage: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+                     meta: dict[str, Any] | None = None, only_if_active: bool = False,
+                     ) -> Message | None:
+        """Write the terminal state. With `only_if_active`, do nothing (and return None)
+        unless the generation is still active — so two processes cannot both finish it."""
+        now = utcnow()
+        async with self.sessions() as s:
+            q = update(Generation).where(col(Generation.id) == gen_id)
+            if only_if_active:
+                q = q.where(col(Generation.status) == "active")
+            values: dict[str, Any] = {"status": status, "last_seq": seq, "completed_at": now,
+                                      "error": error}
+            if meta is not None:
+                values["meta"] = meta
+            result = await s.exec(q.values(**values))  # type: ignore[call-overload]
+            if result.rowcount == 0:
+                await s.rollback()
+                return None
+            gen = await s.get(Generation, gen_id)
+            assert gen is not None
+            msg = await s.get(Message, gen.message_id)
+            assert msg is not None
+            msg.content = content
+            msg.status = TERMINAL_TO_MESSAGE[status]
+            msg.is_streaming = False
+            msg.completed_at = now
+            if usage is not None:
+                msg.usage = usage
+            s.add(msg)
+            await s.commit()
+            return msg
+
+    async def get_generation(self, user_id: str, gen_id: str) -> Generation:
+        async with self.sessions() as s:
+            gen = await s.get(Generation, gen_id)
+        if gen is None or gen.user_id != user_id:
+            raise NotFound("generation")
+        return gen
+
+    async def generation(self, gen_id: str) -> Generation | None:
+        async with self.sessions() as s:
+            return await s.get(Generation, gen_id)
+
+    async def active_generation(self, chat_id: str) -> Generation | None:
+        async with self.sessions() as s:
+            return await self._active_generation(s, chat_id)
+
+    async def _active_generation(self, s: AsyncSession, chat_id: str) -> Generation | None:
+        return (await s.exec(select(Generation).where(
+            Generation.chat_id == chat_id, Generation.status == "active"))).first()
+
+    async def active_with_message(self, chat_id: str) -> tuple[Generation, Message] | None:
+        """The active generation and its message read in ONE statement, so the checkpointed
+        content and `last_seq` belong together."""
+        async with self.sessions() as s:
+            row = (await s.exec(select(Generation, Message)
+                                .join(Message, col(Message.id) == col(Generation.message_id))
+                                .where(Generation.chat_id == chat_id,
+                                       Generation.status == "active"))).first()
+            return (row[0], row[1]) if row else None
+
+    async def latest_generation(self, chat_id: str) -> Generation | None:
+        async with self.sessions() as s:
+            return (await s.exec(select(Generation).where(Generation.chat_id == chat_id)
+                                 .order_by(col(Generation.id).desc()).limit(1))).first()
+
+    async def active_generations(self, exclude_owner: str | None = None) -> list[Generation]:
+        async with self.sessions() as s:
+            q = select(Generation).where(Generation.status == "active")
+            if exclude_owner is not None:
+                q = q.where(col(Generation.owner).is_distinct_from(exclude_owner))
+            return list(await s.exec(q))
+
+    async def count_active(self, user_id: str) -> int:
+        async with self.sessions() as s:
+            n = await s.exec(select(func.count()).select_from(Generation).where(
+                Generation.user_id == user_id, Generation.status == "active"))
+            return int(n.one())
+
+
+def _title_from(content: str) -> str:
+    line = " ".join(content.split())
+    return (line[:57] + "…") if len(line) > 60 else (line or "New chat")
