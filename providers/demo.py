@@ -12,13 +12,17 @@ from providers.base import ChatMessage, Chunk, StreamParams, Usage
 
 _TOPICS = ["streaming", "back-pressure", "reconnects", "cursors", "fan-out", "idempotency"]
 _LANGS = [
-    ("python", 'async def stream(chat):\n    async for delta in chat:\n        print(delta, end="")'),
-    ("javascript", "const ws = new WebSocket(url);\nws.onmessage = (e) => render(JSON.parse(e.data));"),
+    ("python", "async def stream(chat):\n    async for delta in chat:\n"
+               "        print(delta, end=\"\")"),
+    ("javascript", "const ws = new WebSocket(url);\n"
+                   "ws.onmessage = (e) => render(JSON.parse(e.data));"),
     ("sql", "SELECT id, status FROM generation\n WHERE status = 'active'\n ORDER BY started_at;"),
 ]
-_WORDS = ("the server keeps every chunk in order so that a tab which reconnects can pick up "
-          "exactly where it left off while other tabs keep streaming at full speed and nothing "
-          "is ever written twice").split()
+_WORDS = tuple(
+    "the server keeps every chunk in order so that a tab which reconnects can pick up exactly "
+    "where it left off while other tabs keep streaming at full speed and nothing is ever "
+    "written twice".split(" ")
+)
 
 
 def compose_reply(prompt: str, *, max_tokens: int | None = None) -> list[str]:

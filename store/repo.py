@@ -37,7 +37,7 @@ class Repo:
     async def ping(self) -> bool:
         try:
             async with self.sessions() as s:
-                await s.exec(select(1))  # type: ignore[call-overload]
+                await s.exec(select(1))
             return True
         except Exception:
             return False
@@ -230,9 +230,9 @@ class Repo:
     async def checkpoint(self, gen_id: str, message_id: str, content: str, seq: int) -> None:
         """Partial text and the seq it reaches, written together."""
         async with self.sessions() as s:
-            await s.exec(update(Message).where(col(Message.id) == message_id)  # type: ignore[call-overload]
+            await s.exec(update(Message).where(col(Message.id) == message_id)
                          .values(content=content))
-            await s.exec(update(Generation).where(col(Generation.id) == gen_id)  # type: ignore[call-overload]
+            await s.exec(update(Generation).where(col(Generation.id) == gen_id)
                          .values(last_seq=seq))
             await s.commit()
 
@@ -251,7 +251,7 @@ class Repo:
                                       "error": error}
             if meta is not None:
                 values["meta"] = meta
-            result = await s.exec(q.values(**values))  # type: ignore[call-overload]
+            result = await s.exec(q.values(**values))
             if result.rowcount == 0:
                 await s.rollback()
                 return None

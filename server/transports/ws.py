@@ -9,8 +9,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import commands, metrics, protocol
 from server.auth import origin_allowed
-from server.codes import Close
-from server.errors import BadRequest, ChatcastError, Code
+from server.codes import Close, Code
+from server.errors import BadRequest, ChatcastError
 from server.hub import Subscriber
 from server.protocol import (
     Continue,
