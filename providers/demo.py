@@ -18,11 +18,10 @@ _LANGS = [
                    "ws.onmessage = (e) => render(JSON.parse(e.data));"),
     ("sql", "SELECT id, status FROM generation\n WHERE status = 'active'\n ORDER BY started_at;"),
 ]
-_WORDS = tuple(
-    "the server keeps every chunk in order so that a tab which reconnects can pick up exactly "
-    "where it left off while other tabs keep streaming at full speed and nothing is ever "
-    "written twice".split(" ")
-)
+_SENTENCE = ("the server keeps every chunk in order so that a tab which reconnects can pick up "
+             "exactly where it left off while other tabs keep streaming at full speed and "
+             "nothing is ever written twice")
+_WORDS = _SENTENCE.split()
 
 
 def compose_reply(prompt: str, *, max_tokens: int | None = None) -> list[str]:
