@@ -3,8 +3,11 @@ that the runner consumes (retry before the first token and fallback live here, n
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from providers.base import (
     ChatMessage,
@@ -18,34 +21,89 @@ from providers.base import (
     Usage,
 )
 from providers.demo import DemoProvider
+from providers.history import trim_history
+from providers.resilience import backoff_delay, guarded
 
 __all__ = ["ChatMessage", "Chunk", "Provider", "ProviderError", "ProviderFailure",
-           "ProviderStreamBroken", "ProviderUnavailable", "Registry", "StreamParams", "Usage"]
+           "ProviderStreamBroken", "ProviderUnavailable", "Registry", "RetryPolicy",
+           "StreamParams", "Usage", "trim_history"]
+
+log = logging.getLogger("chatcast.providers")
+
+
+@runtime_checkable
+class NonStreaming(Protocol):
+    """A provider that can also answer with one plain request (the last-resort fallback)."""
+
+    async def complete(self, messages: list[ChatMessage], *, model: str,
+                       params: StreamParams) -> list[Chunk]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_retries: int = 2
+    base_s: float = 0.5
+    max_s: float = 20.0
+    idle_timeout_s: float = 60.0
+    nonstream_fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    provider: str
+    model: str
+    streaming: bool
 
 
 class Registry:
     """The configured providers, built once per process."""
 
     def __init__(self, providers: dict[str, Provider], default: str,
-                 default_model: str | None = None, fallback: list[str] | None = None) -> None:
+                 default_model: str | None = None, fallback: list[str] | None = None,
+                 policy: RetryPolicy | None = None) -> None:
         if default not in providers:
             raise ValueError(f"provider {default!r} is not configured")
         self.providers = providers
         self.default = default
         self.default_model = default_model or providers[default].default_model
-        self.fallback = [p for p in (fallback or []) if p in providers and p != default]
+        self.fallback = [p for p in (fallback or []) if p in providers]
+        self.policy = policy or RetryPolicy()
 
     @classmethod
     def from_settings(cls, settings: Any) -> Registry:
+        """Demo always; OpenAI when it has a key or a base URL (local servers need no key);
+        Gemini when it has a key. Default: CHATCAST_PROVIDER, else the first of those."""
         providers: dict[str, Provider] = {
             "demo": DemoProvider(settings.demo_tokens_per_s, settings.demo_max_tokens),
         }
-        default = settings.provider or "demo"
+        timeouts = {"connect_timeout_s": settings.provider_connect_timeout_s,
+                    "idle_timeout_s": settings.provider_idle_timeout_s}
+        if settings.openai_api_key or settings.openai_base_url:
+            from providers.openai import OpenAIProvider
+            providers["openai"] = OpenAIProvider(api_key=settings.openai_api_key,
+                                                 base_url=settings.openai_base_url, **timeouts)
+        if settings.gemini_api_key:
+            from providers.gemini import GeminiProvider
+            providers["gemini"] = GeminiProvider(api_key=settings.gemini_api_key,
+                                                 base_url=settings.gemini_base_url, **timeouts)
+        default = settings.provider or next(
+            (p for p in ("openai", "gemini") if p in providers), "demo")
         fallback = [p.strip() for p in settings.fallback.split(",") if p.strip()]
-        return cls(providers, default, settings.model, fallback)
+        unknown = [p for p in fallback if p not in providers]
+        if unknown:
+            log.warning("fallback providers not configured, ignored: %s", ", ".join(unknown))
+        policy = RetryPolicy(
+            max_retries=settings.provider_max_retries,
+            base_s=settings.provider_retry_base_s,
+            max_s=settings.provider_retry_max_s,
+            idle_timeout_s=settings.provider_idle_timeout_s,
+            nonstream_fallback=settings.provider_nonstream_fallback,
+        )
+        return cls(providers, default, settings.model, fallback, policy)
 
     def models(self) -> list[dict[str, Any]]:
-        return [{"provider": name, "model": p.default_model, "default": name == self.default}
+        return [{"provider": name, "model": self.default_model if name == self.default
+                 else p.default_model, "default": name == self.default}
                 for name, p in self.providers.items()]
 
     def resolve(self, provider: str | None, model: str | None) -> tuple[str, str]:
@@ -57,12 +115,73 @@ class Registry:
             return name, self.default_model
         return name, self.providers[name].default_model
 
-    def stream(self, provider: str, model: str, messages: list[ChatMessage],
-               params: StreamParams, meta: dict[str, Any]) -> AsyncIterator[Chunk]:
-        """The chunks of one answer. `meta` receives retries / fallback details."""
-        meta.setdefault("retries", 0)
-        return self.providers[provider].stream(messages, model=model, params=params)
+    async def stream(self, provider: str, model: str, messages: list[ChatMessage],
+                     params: StreamParams, meta: dict[str, Any]) -> AsyncIterator[Chunk]:
+        """The chunks of one answer.
+
+        Before the first chunk, a `ProviderUnavailable` is retried with backoff (honouring
+        Retry-After), then the next provider of the fallback chain is tried, then, if
+        enabled, `provider` without streaming. Once a chunk has been yielded nothing is
+        restarted: a failure raises `ProviderStreamBroken`. `ProviderError` is never retried.
+        `meta` receives: provider, fallback, non_streaming, retries, errors."""
+        meta.update(provider=provider, fallback=None, non_streaming=False, retries=0,
+                    errors=[])
+        last: ProviderUnavailable | None = None
+        for attempt in self._plan(provider, model):
+            for retry in range(self.policy.max_retries + 1 if attempt.streaming else 1):
+                if retry:
+                    assert last is not None
+                    await asyncio.sleep(backoff_delay(
+                        retry - 1, base_s=self.policy.base_s, max_s=self.policy.max_s,
+                        retry_after=last.retry_after))
+                    meta["retries"] += 1
+                meta.update(provider=attempt.provider, non_streaming=not attempt.streaming,
+                            fallback=attempt.provider if attempt.provider != provider else None)
+                flowed = False
+                chunks = guarded(self._open(attempt, messages, params),
+                                 label=attempt.provider,
+                                 idle_timeout_s=self.policy.idle_timeout_s)
+                try:
+                    async for chunk in chunks:
+                        flowed = True
+                        yield chunk
+                    return
+                except ProviderUnavailable as exc:
+                    meta["errors"].append(f"{attempt.provider}: {exc.message}")
+                    if flowed:  # cannot happen with our providers; keep the promise anyway
+                        raise ProviderStreamBroken(exc.message, status=exc.status) from exc
+                    last = exc
+                except ProviderFailure as exc:
+                    meta["errors"].append(f"{attempt.provider}: {exc.message}")
+                    raise
+                finally:
+                    await chunks.aclose()
+        assert last is not None
+        raise last
 
     async def aclose(self) -> None:
         for p in self.providers.values():
             await p.aclose()
+
+    def _plan(self, provider: str, model: str) -> list[_Attempt]:
+        """The provider itself, each fallback with its own default model, then (if enabled)
+        the provider itself without streaming."""
+        plan = [_Attempt(provider, model, True)]
+        plan += [_Attempt(name, self.resolve(name, None)[1], True)
+                 for name in self.fallback if name != provider]
+        if self.policy.nonstream_fallback and isinstance(self.providers[provider], NonStreaming):
+            plan.append(_Attempt(provider, model, False))
+        return plan
+
+    def _open(self, attempt: _Attempt, messages: list[ChatMessage],
+              params: StreamParams) -> AsyncIterator[Chunk]:
+        p = self.providers[attempt.provider]
+        if attempt.streaming:
+            return p.stream(messages, model=attempt.model, params=params)
+        assert isinstance(p, NonStreaming)
+        return _replay(p.complete(messages, model=attempt.model, params=params))
+
+
+async def _replay(answer: Awaitable[list[Chunk]]) -> AsyncIterator[Chunk]:
+    for chunk in await answer:
+        yield chunk
