@@ -7,7 +7,9 @@ import logging.config
 import sys
 
 import uvicorn
+from uvicorn.supervisors import multiprocess
 
+from server.lifecycle import ChatcastServer
 from server.logs import log_config
 from server.settings import Settings
 from store.db import migrate
@@ -32,7 +34,7 @@ def serve(args: argparse.Namespace) -> None:
         raise SystemExit("chatcast: --workers > 1 needs REDIS_URL: with the in-memory bus, "
                          "workers would not see each other's tokens or stops")
     _migrate(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         "server.app:create_app",
         factory=True,
         host=args.host,
@@ -48,6 +50,12 @@ def serve(args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
         proxy_headers=True,
     )
+    if args.workers > 1:
+        # uvicorn's supervisor builds each worker's Server by this module-level name.
+        multiprocess.Server = ChatcastServer  # type: ignore[attr-defined]
+        multiprocess.Multiprocess(config, sockets=[config.bind_socket()]).run()
+    else:
+        ChatcastServer(config).run()
 
 
 def main(argv: list[str] | None = None) -> None:

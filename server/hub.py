@@ -39,6 +39,7 @@ class Subscriber:
         self.outbox: deque[Event] = deque()
         self.queued_bytes = 0
         self.overflowed = False
+        self.close_code: int | None = None  # set when the server closes this connection
         self.chats: dict[str, _ChatView] = {}
         self._ready = asyncio.Event()
 
@@ -95,9 +96,15 @@ class Subscriber:
 
     # Consumer side --------------------------------------------------------------------
 
+    def close(self, code: int) -> None:
+        """Ask the transport to end this connection with `code` after what is queued."""
+        self.close_code = code
+        self._ready.set()
+
     async def next_batch(self) -> list[Event]:
-        """Wait for frames; return all queued (empty list means: overflowed, close)."""
-        while not self.outbox and not self.overflowed:
+        """Wait for frames; return all queued. Also returns (maybe empty) when the
+        subscriber overflowed or is being closed: check `overflowed` / `close_code`."""
+        while not self.outbox and not self.overflowed and self.close_code is None:
             self._ready.clear()
             await self._ready.wait()
         batch = list(self.outbox)
@@ -127,6 +134,7 @@ class Hub:
         self.bus = bus
         self.catch_up = catch_up
         self.chats: dict[str, set[Subscriber]] = {}
+        self.connections: set[Subscriber] = set()
         self._watching: dict[str, asyncio.Future[None]] = {}
         self._unwatch_tasks: set[asyncio.Task[None]] = set()
 
@@ -135,8 +143,13 @@ class Hub:
         for sub in self.chats.get(event.chat, ()):
             sub.deliver(event)
 
+    def attach(self, sub: Subscriber) -> None:
+        """A connection opened (so shutdown can reach it even before it subscribes)."""
+        self.connections.add(sub)
+
     async def subscribe(self, sub: Subscriber, chat: str, cursor: Cursor | None) -> None:
         """Live first, then catch up from the cursor; the overlap is de-duplicated by seq."""
+        self.connections.add(sub)
         sub._open(chat)
         self.chats.setdefault(chat, set()).add(sub)
         try:
@@ -180,11 +193,21 @@ class Hub:
 
     def drop(self, sub: Subscriber) -> None:
         """Forget a subscriber on all its chats (its connection ended)."""
+        self.connections.discard(sub)
         for chat in list(sub.chats):
             self.unsubscribe(sub, chat)
 
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self.chats.values())
+
+    async def close_all(self, code: int, wait_s: float = 2.0) -> None:
+        """Tell every connection to close with `code` and wait (bounded) until they have."""
+        for sub in list(self.connections):
+            sub.close(code)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while self.connections and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll
+            await asyncio.sleep(0.02)
 
     async def close(self) -> None:
         for task in list(self._unwatch_tasks):

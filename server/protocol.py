@@ -107,7 +107,7 @@ def parse_request(raw: str | bytes) -> Request:
 def describe_validation(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join(str(p) for p in err["loc"][1:])  # [0] is the request type
         parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
     return "; ".join(parts)
 

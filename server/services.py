@@ -11,8 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import HTTPConnection
 
 from providers import Registry
+from server import lifecycle
 from server.auth import Identity
 from server.bus.base import Bus
+from server.codes import Close
 from server.hub import Hub, Subscriber
 from server.replay import Replay
 from server.runner import Runner
@@ -66,6 +68,7 @@ class Services:
         svc = cls(settings, repo, bus, registry, hub, runner, replay,
                   Identity(settings.signing_key()), engine)
         await runner.reap_orphans()
+        lifecycle.on_shutdown_begin(svc.begin_shutdown)
         svc._reaper = asyncio.create_task(svc._reap_forever(), name="reaper")
         log.info("chatcast ready", extra={"bus": bus.__class__.__name__,
                                           "provider": registry.default,
@@ -80,7 +83,13 @@ class Services:
             except Exception:
                 log.exception("orphan sweep failed")
 
+    async def begin_shutdown(self) -> None:
+        """Stop taking clients: readiness fails, every connection is told 1001."""
+        self.shutting_down.set()
+        await self.hub.close_all(Close.GOING_AWAY)
+
     async def close(self) -> None:
+        lifecycle.forget(self.begin_shutdown)
         self.shutting_down.set()
         if self._reaper is not None:
             self._reaper.cancel()

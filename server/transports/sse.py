@@ -59,6 +59,8 @@ def _stream(svc: Services, sub: Subscriber, *, first: Event | None = None,
                         frames.inc()
                     if until is not None and until(event):
                         return
+                if sub.close_code is not None:
+                    return  # server shutting down: the client reconnects elsewhere
         finally:
             svc.hub.drop(sub)
             metrics.CLIENTS.labels("sse").dec()

@@ -29,6 +29,9 @@ log = logging.getLogger("chatcast.ws")
 
 async def ws_endpoint(ws: WebSocket) -> None:
     svc = services(ws)
+    if svc.shutting_down.is_set():
+        await ws.close(Close.GOING_AWAY)
+        return
     if not origin_allowed(ws, svc.settings.allowed_origins):
         log.info("websocket refused: foreign origin", extra={"origin": ws.headers.get("origin")})
         await ws.close(Close.POLICY)  # before accept: the handshake is answered 403
@@ -40,6 +43,7 @@ async def ws_endpoint(ws: WebSocket) -> None:
         headers = [(b"set-cookie", svc.identity.cookie_header(user, secure=secure))]
     await ws.accept(headers=headers)
     sub = svc.subscriber("ws")
+    svc.hub.attach(sub)
     metrics.CLIENTS.labels("ws").inc()
     try:
         async with asyncio.TaskGroup() as tg:
@@ -64,6 +68,9 @@ async def _write(ws: WebSocket, sub: Subscriber, svc: Services) -> None:
         for event in batch:
             await ws.send_text(event.text())
         frames.inc(len(batch))
+        if sub.close_code is not None:
+            await ws.close(sub.close_code, "server shutting down: reconnect")
+            return
 
 
 async def _read(ws: WebSocket, sub: Subscriber, svc: Services, user: str) -> None:

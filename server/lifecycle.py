@@ -1,0 +1,32 @@
+"""Graceful shutdown. uvicorn closes WebSockets with 1012 and waits for endless SSE
+responses; chatcast first tells its own clients 1001 ("going away: reconnect at once") and
+ends SSE streams, then lets uvicorn stop. Running generations get the grace period in the
+app's lifespan shutdown (Runner.close)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+
+ShutdownHook = Callable[[], Awaitable[None]]
+
+# Process-wide by nature: uvicorn owns the process's life, the app registers into it.
+_hooks: list[ShutdownHook] = []
+
+
+def on_shutdown_begin(hook: ShutdownHook) -> None:
+    _hooks.append(hook)
+
+
+def forget(hook: ShutdownHook) -> None:
+    if hook in _hooks:
+        _hooks.remove(hook)
+
+
+class ChatcastServer(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for hook in list(_hooks):
+            await hook()
+        await super().shutdown(sockets)
