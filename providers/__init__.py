@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -116,7 +116,7 @@ class Registry:
         return name, self.providers[name].default_model
 
     async def stream(self, provider: str, model: str, messages: list[ChatMessage],
-                     params: StreamParams, meta: dict[str, Any]) -> AsyncIterator[Chunk]:
+                     params: StreamParams, meta: dict[str, Any]) -> AsyncGenerator[Chunk, None]:
         """The chunks of one answer.
 
         Before the first chunk, a `ProviderUnavailable` is retried with backoff (honouring

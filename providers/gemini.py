@@ -6,6 +6,7 @@ exceptions and timeouts and adds hidden retries on connection errors."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import httpx
@@ -34,6 +35,18 @@ LABEL = "Gemini"
 # Finish reasons meaning the model refused or was stopped, rather than done.
 _REFUSALS = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
              "IMAGE_SAFETY"}
+
+
+# The HTTP responses opened by the stream running in the current task. The SDK's nested
+# generators do not close their response when the outer one is closed at a `yield` (only
+# cancellation inside them does), so `GeminiProvider.stream` closes them itself.
+_opened: ContextVar[list[httpx.Response] | None] = ContextVar("gemini_opened", default=None)
+
+
+async def _track(response: httpx.Response) -> None:
+    opened = _opened.get()
+    if opened is not None:
+        opened.append(response)
 
 
 class PinnedTimeouts(httpx.AsyncBaseTransport):
@@ -66,7 +79,8 @@ class GeminiProvider:
         self.default_model = default_model
         timeout = httpx.Timeout(connect=connect_timeout_s, read=idle_timeout_s + 5,
                                 write=connect_timeout_s, pool=connect_timeout_s)
-        self._http = httpx.AsyncClient(transport=PinnedTimeouts(timeout))
+        self._http = httpx.AsyncClient(transport=PinnedTimeouts(timeout),
+                                       event_hooks={"response": [_track]})
         self._client = genai.Client(api_key=api_key, http_options=types.HttpOptions(
             base_url=base_url,
             httpx_async_client=self._http,  # also what keeps the SDK off aiohttp
@@ -77,6 +91,9 @@ class GeminiProvider:
                      params: StreamParams) -> AsyncIterator[Chunk]:
         flowed = False
         usage: Usage | None = None
+        # Set in the task consuming this generator (with `guarded`, its own pump task).
+        opened: list[httpx.Response] = []
+        _opened.set(opened)
         try:
             responses = await self._client.aio.models.generate_content_stream(
                 model=model, contents=_contents(messages), config=_config(messages, params))
@@ -88,6 +105,9 @@ class GeminiProvider:
                 _check_refusal(response, flowed=flowed)
         except (errors.APIError, errors.UnknownApiResponseError, httpx.HTTPError) as exc:
             raise _failure(exc, flowed=flowed) from exc
+        finally:
+            for http_response in opened:
+                await http_response.aclose()
         if usage is not None:
             yield Chunk(usage=usage)
 

@@ -2,8 +2,8 @@
 
 The provider's iterator is driven by a pump task owned by `guarded`. Closing the guarded
 stream in any way (the consumer is cancelled, it stops iterating, or the idle timeout fires)
-cancels that task, and cancellation is the one path on which both SDKs close their HTTP
-response at once (`aclose()` on an SDK iterator after a `break` is not, see PROVIDERS.md)."""
+cancels that task and closes the provider's iterator before `guarded` returns, so no task
+and no upstream response outlives the stream."""
 
 from __future__ import annotations
 
@@ -51,6 +51,11 @@ async def _pump(chunks: AsyncIterator[Chunk],
         await queue.put(exc)
     else:
         await queue.put(_END)
+    finally:
+        # Cancelled while waiting for the consumer, the provider is suspended at a `yield`
+        # rather than in its SDK: close it explicitly instead of leaving that to the GC.
+        if isinstance(chunks, AsyncGenerator):
+            await chunks.aclose()
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
