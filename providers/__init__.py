@@ -78,6 +78,7 @@ class Registry:
         }
         timeouts = {"connect_timeout_s": settings.provider_connect_timeout_s,
                     "idle_timeout_s": settings.provider_idle_timeout_s}
+        # SDKs are imported only when configured: google-genai alone takes a while to import.
         if settings.openai_api_key or settings.openai_base_url:
             from providers.openai import OpenAIProvider
             providers["openai"] = OpenAIProvider(api_key=settings.openai_api_key,
@@ -120,12 +121,15 @@ class Registry:
         """The chunks of one answer.
 
         Before the first chunk, a `ProviderUnavailable` is retried with backoff (honouring
-        Retry-After), then the next provider of the fallback chain is tried, then, if
-        enabled, `provider` without streaming. Once a chunk has been yielded nothing is
-        restarted: a failure raises `ProviderStreamBroken`. `ProviderError` is never retried.
-        `meta` receives: provider, fallback, non_streaming, retries, errors."""
+        Retry-After), then the next provider of the fallback chain is tried (with the same
+        retries), then, if enabled, `provider` once without streaming. Once a chunk has
+        been yielded nothing is restarted: a failure raises `ProviderStreamBroken`.
+        `ProviderError` is never retried. `meta` receives: provider, fallback,
+        non_streaming, retries, errors."""
         meta.update(provider=provider, fallback=None, non_streaming=False, retries=0,
                     errors=[])
+        if provider not in self.providers:
+            raise ProviderError(f"provider {provider!r} is not configured")
         last: ProviderUnavailable | None = None
         for attempt in self._plan(provider, model):
             for retry in range(self.policy.max_retries + 1 if attempt.streaming else 1):
@@ -138,8 +142,9 @@ class Registry:
                 meta.update(provider=attempt.provider, non_streaming=not attempt.streaming,
                             fallback=attempt.provider if attempt.provider != provider else None)
                 flowed = False
+                p = self.providers[attempt.provider]
                 chunks = guarded(self._open(attempt, messages, params),
-                                 label=attempt.provider,
+                                 label=getattr(p, "label", p.name),
                                  idle_timeout_s=self.policy.idle_timeout_s)
                 try:
                     async for chunk in chunks:

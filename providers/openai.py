@@ -31,11 +31,10 @@ class OpenAIProvider:
                  default_model: str = DEFAULT_MODEL, connect_timeout_s: float = 10.0,
                  idle_timeout_s: float = 60.0) -> None:
         self.default_model = default_model
-        self.label = "OpenAI" if base_url is None else "The OpenAI-compatible server"
-        # Local servers usually take no key, but the SDK insists on one.
-        self._compatible = base_url is not None
+        self._compatible = base_url is not None and "api.openai.com" not in base_url
+        self.label = "The OpenAI-compatible server" if self._compatible else "OpenAI"
         self._client = AsyncOpenAI(
-            api_key=api_key or "unused",
+            api_key=api_key or "unused",  # local servers take no key; the SDK insists on one
             base_url=base_url,
             max_retries=0,
             # The read timeout is a backstop; the idle timeout proper is `guarded`'s.
