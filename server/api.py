@@ -253,7 +253,7 @@ async def readyz(request: Request) -> Response:
     summary: The store and the bus are reachable
     responses:
       200: {description: ready}
-      503: {description: not ready, with the failing component}
+      503: {description: "not ready: the failing component is false"}
     """
     svc = services(request)
     checks = {"store": await svc.repo.ping(), "bus": await _bus_ok(svc)}

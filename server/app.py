@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -41,7 +42,9 @@ async def index(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return api.OrjsonResponse(api.SCHEMAS.get_schema(routes=request.app.routes))
+    schema = api.SCHEMAS.get_schema(routes=request.app.routes)
+    return Response(orjson.dumps(schema, option=orjson.OPT_NON_STR_KEYS),
+                    media_type="application/json")
 
 
 class CrossSiteGuard:

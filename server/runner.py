@@ -23,6 +23,7 @@ from providers import (
     Registry,
     StreamParams,
 )
+from providers.history import trim_history
 from server import metrics, protocol
 from server.bus.base import Bus
 from server.codes import Code
@@ -176,7 +177,8 @@ class Runner:
                 if r.seq == 0:
                     ttft = time.monotonic() - started_at
                     r.meta["ttft_ms"] = round(ttft * 1000, 1)
-                    metrics.TTFT.labels(r.gen.provider).observe(ttft)
+                    provider = r.meta.get("provider") or r.gen.provider
+                    metrics.TTFT.labels(provider).observe(ttft)
                 r.seq += 1
                 r.content += chunk.text
                 if await self.bus.append(protocol.delta(r.chat_id, r.gen.id, r.seq, chunk.text)):
@@ -192,15 +194,19 @@ class Runner:
                 raise
         finally:
             r.meta["tokens"] = r.seq
+            if r.meta.get("retries"):
+                metrics.PROVIDER_RETRIES.labels(r.gen.provider).inc(r.meta["retries"])
 
     async def _history(self, r: Running) -> list[ChatMessage]:
         rows = await self.repo.history(r.chat_id, upto_message=r.message_id)
+        regenerates = (r.gen.meta or {}).get("regenerates")
+        if regenerates:  # a new answer to that message: what came after it is not context
+            rows = [m for m in rows if m.id <= regenerates]
         messages = _conversation(rows)
         if r.content:  # continue: the model sees its own partial answer last
             messages.append(ChatMessage("assistant", r.content))
-        if self.settings.system_prompt:
-            messages.insert(0, ChatMessage("system", self.settings.system_prompt))
-        return messages
+        return trim_history(messages, self.settings.history_max_chars,
+                            system_prompt=self.settings.system_prompt)
 
     async def _finish(self, r: Running, status: str, error: dict[str, Any] | None) -> None:
         """Commit the final content to SQL (retrying), then publish `done`."""

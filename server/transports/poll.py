@@ -22,6 +22,11 @@ LINGER_S = 0.02  # after the first event, collect what follows at once (e.g. mes
 
 
 async def poll_endpoint(request: Request) -> JSONResponse:
+    """
+    summary: Long-poll the chat's events after an opaque cursor (none → a snapshot at once)
+    responses:
+      200: {description: "{events: [...], cursor}"}
+    """
     svc, user = services(request), user_id(request)
     chat = request.path_params["chat"]
     await svc.repo.get_chat(user, chat)

@@ -18,6 +18,11 @@ HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def events_endpoint(request: Request) -> StreamingResponse:
+    """
+    summary: The chat's events as Server-Sent Events (resume with Last-Event-ID or ?cursor=)
+    responses:
+      200: {description: "text/event-stream of protocol v1 events"}
+    """
     svc, user = services(request), user_id(request)
     chat = request.path_params["chat"]
     await svc.repo.get_chat(user, chat)
