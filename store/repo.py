@@ -151,23 +151,30 @@ class Repo:
                 await s.commit()
             except IntegrityError:
                 await s.rollback()
-                if client_msg_id:
-                    found = await self._find_sent(s, chat, client_msg_id)
-                    if found is not None:
-                        return found
-                raise Busy() from None
+                failed = True
+            else:
+                failed = False
+        if failed:
+            # Either this client_msg_id was sent before (answer the same result) or the
+            # chat is already generating. The unique constraints decided; we only look.
+            found = await self._find_sent(chat_id, client_msg_id) if client_msg_id else None
+            if found is None:
+                raise Busy()
+            return found
         return Started(chat, gen, assistant, user_msg)
 
-    async def _find_sent(self, s: AsyncSession, chat: Chat, client_msg_id: str) -> Started | None:
-        user_msg = (await s.exec(select(Message).where(
-            Message.chat_id == chat.id, Message.client_msg_id == client_msg_id))).first()
-        if user_msg is None or user_msg.generation_id is None:
-            return None
-        gen = await s.get(Generation, user_msg.generation_id)
-        assistant = await s.get(Message, gen.message_id) if gen else None
-        if gen is None or assistant is None:
-            return None
-        return Started(chat, gen, assistant, user_msg, repeated=True)
+    async def _find_sent(self, chat_id: str, client_msg_id: str) -> Started | None:
+        async with self.sessions() as s:
+            user_msg = (await s.exec(select(Message).where(
+                Message.chat_id == chat_id, Message.client_msg_id == client_msg_id))).first()
+            if user_msg is None or user_msg.generation_id is None:
+                return None
+            chat = await s.get(Chat, chat_id)
+            gen = await s.get(Generation, user_msg.generation_id)
+            assistant = await s.get(Message, gen.message_id) if gen else None
+            if chat is None or gen is None or assistant is None:
+                return None
+            return Started(chat, gen, assistant, user_msg, repeated=True)
 
     async def start_regenerate(self, user_id: str, chat_id: str, message_id: str | None,
                                provider: str, model: str, owner: str) -> Started:
