@@ -1,5 +1,5 @@
 """Bad input gets a clear error, leaves the socket usable where the protocol says so, and
-changes nothing in the database (RELIABILITY.md rows 9–12, 16)."""
+changes nothing in the database (RELIABILITY.md rows 9-12, 16)."""
 
 from __future__ import annotations
 
