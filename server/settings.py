@@ -29,7 +29,6 @@ class Settings(BaseSettings):
     # Identity
     secret_key: str | None = None
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    auth: str = "anonymous"
 
     # Providers
     provider: str | None = None
