@@ -11,13 +11,17 @@ the client resumes from its cursor.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from server import metrics
 from server.bus.base import Bus
+from server.codes import Close
 from server.protocol import Cursor, Event
+
+log = logging.getLogger("chatcast.hub")
 
 CatchUp = Callable[[str, Cursor | None], Awaitable[list[Event]]]
 
@@ -29,6 +33,8 @@ class _ChatView:
     syncing: bool = True
     buffer: list[Event] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)  # gen → last seq delivered
+    cursor: Cursor | None = None  # the position a resync would resume from
+    finished: set[str] = field(default_factory=set)  # gens whose done was delivered
 
 
 class Subscriber:
@@ -40,6 +46,7 @@ class Subscriber:
         self.queued_bytes = 0
         self.overflowed = False
         self.close_code: int | None = None  # set when the server closes this connection
+        self.on_gap: Callable[[Subscriber, str], None] | None = None
         self.chats: dict[str, _ChatView] = {}
         self._ready = asyncio.Event()
 
@@ -63,15 +70,40 @@ class Subscriber:
         if event.type == "snapshot":
             active = event.data.get("active")
             view.seen.clear()
+            view.finished.clear()
             if active:
                 view.seen[active["gen"]] = int(active["seq"])
+            cursor = event.data.get("cursor")
+            view.cursor = Cursor(**cursor) if cursor else None
+        elif event.type == "start":
+            gen = str(event.gen)
+            if gen not in view.seen:
+                view.seen[gen] = 0
+                view.cursor = Cursor(gen=gen, seq=0)
         elif event.is_positioned:
             gen = str(event.gen)
-            if event.seq <= view.seen.get(gen, 0):
+            last = view.seen.get(gen)
+            if event.type == "done" and gen not in view.finished and last is not None \
+                    and event.seq <= last:
+                # A done written by another process from SQL after the log was lost can be
+                # behind what this client saw; it still must learn the final state.
+                last = event.seq - 1
+            if last is not None and event.seq <= last:
                 return  # already delivered (replay and live overlap)
+            if last is not None and event.seq > last + 1:
+                # Bus events are single chunks, so a jump means this process missed some
+                # (e.g. the bus reconnected): catch up from the log instead of leaving a hole.
+                if self.on_gap is not None:
+                    self.on_gap(self, event.chat)
+                return
             view.seen[gen] = event.seq
+            view.cursor = Cursor(gen=gen, seq=event.seq)
+            if event.type == "done":
+                view.finished.add(gen)
             if len(view.seen) > 8:
-                view.seen.pop(next(iter(view.seen)))
+                gone = next(iter(view.seen))
+                view.seen.pop(gone)
+                view.finished.discard(gone)
         self._enqueue(event)
 
     def _enqueue(self, event: Event) -> None:
@@ -136,7 +168,7 @@ class Hub:
         self.chats: dict[str, set[Subscriber]] = {}
         self.connections: set[Subscriber] = set()
         self._watching: dict[str, asyncio.Future[None]] = {}
-        self._unwatch_tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def on_event(self, event: Event) -> None:
         """Called by the bus for every live event of a watched chat."""
@@ -146,10 +178,36 @@ class Hub:
     def attach(self, sub: Subscriber) -> None:
         """A connection opened (so shutdown can reach it even before it subscribes)."""
         self.connections.add(sub)
+        sub.on_gap = self.resync
+
+    def resync(self, sub: Subscriber, chat: str) -> None:
+        """Catch `sub` up on `chat` from its own cursor (live events buffer meanwhile)."""
+        view = sub.chats.get(chat)
+        if view is None or view.syncing:
+            return
+        view.syncing = True
+        task = asyncio.get_running_loop().create_task(self._resync(sub, chat, view.cursor))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resync(self, sub: Subscriber, chat: str, cursor: Cursor | None) -> None:
+        try:
+            events = await self.catch_up(chat, cursor)
+        except Exception:
+            log.exception("resync failed; closing the client so it resumes itself")
+            sub.close(Close.INTERNAL)
+            return
+        sub._finish_sync(chat, events)
+
+    def resync_all(self) -> None:
+        """After the bus reconnected: every subscriber catches up on every chat."""
+        for chat, subs in list(self.chats.items()):
+            for sub in list(subs):
+                self.resync(sub, chat)
 
     async def subscribe(self, sub: Subscriber, chat: str, cursor: Cursor | None) -> None:
         """Live first, then catch up from the cursor; the overlap is de-duplicated by seq."""
-        self.connections.add(sub)
+        self.attach(sub)
         sub._open(chat)
         self.chats.setdefault(chat, set()).add(sub)
         try:
@@ -184,8 +242,8 @@ class Hub:
             del self.chats[chat]
             if self._watching.pop(chat, None) is not None:
                 task = asyncio.get_running_loop().create_task(self._unwatch(chat))
-                self._unwatch_tasks.add(task)
-                task.add_done_callback(self._unwatch_tasks.discard)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _unwatch(self, chat: str) -> None:
         if chat not in self._watching:  # nobody subscribed again in the meantime
@@ -210,6 +268,6 @@ class Hub:
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
-        for task in list(self._unwatch_tasks):
+        for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._unwatch_tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)

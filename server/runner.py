@@ -9,6 +9,7 @@ tab does not stop it; only `stop` (from any process, through the bus) does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from providers import (
 )
 from providers.history import trim_history
 from server import metrics, protocol
-from server.bus.base import Bus
+from server.bus.base import Bus, BusUnavailable
 from server.codes import Code
 from server.errors import NotFound
 from server.settings import Settings
@@ -49,6 +50,9 @@ class Running:
     pump: asyncio.Task[None] | None = None
     usage: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Everything appended so far (start + deltas), to write the log again if the bus lost it.
+    log: list[protocol.Event] = field(default_factory=list)
+    log_lost: bool = False
 
 
 class Runner:
@@ -71,7 +75,9 @@ class Runner:
                                              provider, model, self.bus.owner)
         if not started.repeated:
             assert started.user_message is not None
-            await self.bus.publish(protocol.message(chat_id, message_dict(started.user_message)))
+            event = protocol.message(chat_id, message_dict(started.user_message))
+            with contextlib.suppress(BusUnavailable):  # other tabs resync from SQL later
+                await self.bus.publish(event)
             await self._launch(started)
         return started
 
@@ -118,11 +124,11 @@ class Runner:
         gen = started.generation
         running = Running(gen, gen.chat_id, gen.message_id, started.base_content)
         self.running[gen.id] = running
-        await self.bus.refresh_lease(gen.id, self.settings.lease_ttl_s)
+        await self._refresh_lease(running)
         # `start` opens the generation's log at seq 0, so a cursor (gen, 0) is replayable
         # before the first delta exists.
-        await self.bus.append(protocol.start(gen.chat_id, gen.id, gen.message_id,
-                                             gen.provider, gen.model))
+        await self._append(running, protocol.start(gen.chat_id, gen.id, gen.message_id,
+                                                   gen.provider, gen.model))
         metrics.ACTIVE_GENERATIONS.inc()
         task = asyncio.get_running_loop().create_task(self._run(running),
                                                       name=f"generation-{gen.id}")
@@ -181,14 +187,14 @@ class Runner:
                     metrics.TTFT.labels(provider).observe(ttft)
                 r.seq += 1
                 r.content += chunk.text
-                if await self.bus.append(protocol.delta(r.chat_id, r.gen.id, r.seq, chunk.text)):
+                if await self._append(r, protocol.delta(r.chat_id, r.gen.id, r.seq, chunk.text)):
                     self.on_stop(r.gen.id)
                     return
                 now = time.monotonic()
                 if now - last_checkpoint >= self.settings.checkpoint_interval_s:
                     last_checkpoint = now
-                    await self.repo.checkpoint(r.gen.id, r.message_id, r.content, r.seq)
-                    await self.bus.refresh_lease(r.gen.id, self.settings.lease_ttl_s)
+                    await self._checkpoint(r)
+                    await self._refresh_lease(r)
         except asyncio.CancelledError:
             if not r.stop_requested:
                 raise
@@ -196,6 +202,35 @@ class Runner:
             r.meta["tokens"] = r.seq
             if r.meta.get("retries"):
                 metrics.PROVIDER_RETRIES.labels(r.gen.provider).inc(r.meta["retries"])
+
+    async def _append(self, r: Running, event: protocol.Event) -> bool:
+        """Append to the bus; returns True if a stop was requested. While the bus is down
+        the generation goes on (text is kept here and checkpointed to SQL); when the bus is
+        back, the whole log is written again before anything new is published."""
+        r.log.append(event)
+        try:
+            if r.log_lost:
+                await self.bus.restore_log(r.gen.id, r.log[:-1])
+                r.log_lost = False
+                log.warning("bus back: generation log restored",
+                            extra={"gen": r.gen.id, "chat": r.chat_id, "seq": r.seq})
+            return await self.bus.append(event)
+        except BusUnavailable:
+            if not r.log_lost:
+                log.warning("bus unavailable: streaming on, log to be restored",
+                            extra={"gen": r.gen.id, "chat": r.chat_id, "seq": r.seq})
+            r.log_lost = True
+            return False
+
+    async def _checkpoint(self, r: Running) -> None:
+        try:
+            await self.repo.checkpoint(r.gen.id, r.message_id, r.content, r.seq)
+        except Exception:  # the final write retries; a missed checkpoint loses nothing
+            log.exception("checkpoint failed", extra={"gen": r.gen.id, "chat": r.chat_id})
+
+    async def _refresh_lease(self, r: Running) -> None:
+        with contextlib.suppress(BusUnavailable):  # logged by _append; leases come back
+            await self.bus.refresh_lease(r.gen.id, self.settings.lease_ttl_s)
 
     async def _history(self, r: Running) -> list[ChatMessage]:
         rows = await self.repo.history(r.chat_id, upto_message=r.message_id)
@@ -216,8 +251,9 @@ class Runner:
         metrics.GENERATIONS.labels(status).inc()
         if msg is not None:
             await self._publish_done(r.chat_id, r.gen.id, r.seq, status, message_dict(msg),
-                                     r.usage, error)
-        await self.bus.drop_lease(r.gen.id)
+                                     r.usage, error, lost=r.log if r.log_lost else None)
+        with contextlib.suppress(BusUnavailable):
+            await self.bus.drop_lease(r.gen.id)
         log.info("generation ended", extra={"gen": r.gen.id, "chat": r.chat_id,
                                             "status": status, "seq": r.seq})
 
@@ -239,10 +275,24 @@ class Runner:
 
     async def _publish_done(self, chat_id: str, gen_id: str, seq: int, status: str,
                             msg: dict[str, Any], usage: dict[str, Any] | None,
-                            error: dict[str, Any] | None) -> None:
-        await self.bus.append(protocol.done(chat_id, gen_id, seq + 1, status, msg,
-                                            usage=usage, err=error))
-        await self.bus.end_log(gen_id)
+                            error: dict[str, Any] | None,
+                            lost: list[protocol.Event] | None = None) -> None:
+        """Publish `done` (after the final content is in SQL). If the bus is down, retry for
+        a while; subscribers that miss it resynchronise from SQL when the bus is back."""
+        event = protocol.done(chat_id, gen_id, seq + 1, status, msg, usage=usage, err=error)
+        delay = 0.25
+        for _ in range(12):
+            try:
+                if lost is not None:
+                    await self.bus.restore_log(gen_id, lost)
+                    lost = None
+                await self.bus.append(event)
+                await self.bus.end_log(gen_id)
+                return
+            except BusUnavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        log.error("done not published: bus unavailable", extra={"gen": gen_id, "chat": chat_id})
 
     # Orphans -------------------------------------------------------------------------
 
@@ -254,18 +304,36 @@ class Runner:
                 continue
             if await self.bus.lease_owner(gen.id) is not None:
                 continue
-            msg = await self.repo.get_message(gen.message_id)
-            content = msg.content if msg else ""
-            final = await self.repo.finish(gen.id, "interrupted", content, gen.last_seq,
+            content, seq = await self._recover_text(gen)
+            final = await self.repo.finish(gen.id, "interrupted", content, seq,
                                            meta=gen.meta, only_if_active=True)
             if final is None:
                 continue  # someone else finished it
             reaped += 1
             log.warning("generation interrupted: its owner is gone",
                         extra={"gen": gen.id, "chat": gen.chat_id, "owner": gen.owner})
-            await self._publish_done(gen.chat_id, gen.id, gen.last_seq, "interrupted",
+            await self._publish_done(gen.chat_id, gen.id, seq, "interrupted",
                                      message_dict(final), None, None)
         return reaped
+
+    async def _recover_text(self, gen: Generation) -> tuple[str, int]:
+        """A dead owner's text: the SQL checkpoint plus whatever the log has after it, so
+        what tabs already showed is kept."""
+        active = await self.repo.active_with_message(gen.chat_id)
+        if active is None or active[0].id != gen.id:
+            msg = await self.repo.get_message(gen.message_id)
+            return (msg.content if msg else ""), gen.last_seq
+        checkpoint, msg = active
+        content, seq = msg.content, checkpoint.last_seq
+        try:
+            tail = await self.bus.read_log(gen.id, seq) or []
+        except BusUnavailable:
+            tail = []
+        for event in tail:
+            if event.type == "delta" and event.seq == seq + 1:
+                content += event.data["text"]
+                seq = event.seq
+        return content, seq
 
     async def close(self, grace_s: float) -> None:
         """Let running generations finish within the grace period, then interrupt the rest."""

@@ -21,7 +21,7 @@ StopHandler = Callable[[str], None]
 
 
 class BusUnavailable(Exception):
-    """The bus backend cannot be reached (e.g. Redis down)."""
+    """The bus backend cannot be reached (e.g. Redis down). Raised quickly, never hangs."""
 
 
 class Bus(ABC):
@@ -43,6 +43,11 @@ class Bus(ABC):
     async def append(self, event: Event) -> bool:
         """Append a delta/done to its generation's log and publish it to the chat.
         Returns True when a stop has been requested for that generation."""
+
+    @abstractmethod
+    async def restore_log(self, gen: str, events: list[Event]) -> None:
+        """Write a generation's log again from the owner's copy (start + deltas), after the
+        backend lost it (e.g. Redis restarted without persistence). Publishes nothing."""
 
     @abstractmethod
     async def publish(self, event: Event) -> None:

@@ -46,6 +46,9 @@ class MemoryBus(Bus):
         self._fan_out(event)
         return gen in self._stops
 
+    async def restore_log(self, gen: str, events: list[Event]) -> None:
+        self._logs[gen] = _Log(list(events))
+
     async def publish(self, event: Event) -> None:
         self._fan_out(event)
 
