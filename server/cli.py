@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging.config
 import sys
+from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 from uvicorn.supervisors import multiprocess
@@ -28,11 +29,37 @@ def _migrate(settings: Settings) -> None:
                          f"{str(exc).splitlines()[0]}); check DATABASE_URL") from None
 
 
+def _check_redis(url: str) -> None:
+    """Fail at once, naming REDIS_URL, instead of starting without the bus (never fall back
+    to memory silently: processes would stop seeing each other)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise SystemExit(f"chatcast: cannot reach Redis at {_safe_url(url)} (REDIS_URL): "
+                         f"{exc}") from None
+    finally:
+        client.close()
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
 def serve(args: argparse.Namespace) -> None:
     settings = Settings()
     if args.workers > 1 and not settings.redis_url:
         raise SystemExit("chatcast: --workers > 1 needs REDIS_URL: with the in-memory bus, "
                          "workers would not see each other's tokens or stops")
+    if settings.redis_url:
+        _check_redis(settings.redis_url)
     _migrate(settings)
     config = uvicorn.Config(
         "server.app:create_app",
