@@ -7,7 +7,6 @@ To add a backend: add its name to BACKENDS and a branch to `_new_bus`.
 """
 
 # Waits take `timeout=` with a default on purpose: a bus that drops an event must fail fast.
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 
@@ -99,23 +98,24 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return Backend(name, None)
 
 
-def _new_bus(backend: Backend, retention_s: float) -> Bus:
+def _new_bus(backend: Backend, retention_s: float, key_prefix: str) -> Bus:
     if backend.name == "memory":
         return MemoryBus(retention_s=retention_s)
     if backend.name == "redis":
+        # The test's own key prefix: tests sharing the session's Redis never see each other.
         module: Any = importlib.import_module("server.bus.redis")
-        bus: Bus = module.RedisBus(backend.url, retention_s=retention_s)
+        bus: Bus = module.RedisBus(backend.url, retention_s=retention_s, prefix=key_prefix)
         return bus
     raise AssertionError(f"unknown bus backend {backend.name}")
 
 
 @pytest.fixture
-async def make_bus(backend: Backend) -> AsyncIterator[BusFactory]:
+async def make_bus(backend: Backend, key_prefix: str) -> AsyncIterator[BusFactory]:
     """`await make_bus(retention_s=...)`: a started bus of the current backend."""
     probes: list[BusProbe] = []
 
     async def make(*, retention_s: float = DEFAULT_RETENTION_S) -> BusProbe:
-        probe = BusProbe(_new_bus(backend, retention_s))
+        probe = BusProbe(_new_bus(backend, retention_s, key_prefix))
         probes.append(probe)
         return await probe.start()
 

@@ -7,7 +7,6 @@ Events skipped by `wait_for` stay queued for later `recv()` calls, so no event i
 
 # Test helpers take `timeout=` with a default on purpose: every wait in a test must be
 # bounded, and a helper's own deadline gives a better message than an outer asyncio.timeout.
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 

@@ -40,7 +40,6 @@ class ServerProcess:
 
 # Test helpers take `timeout=` with a default on purpose: every wait in a test must be
 # bounded, and a helper's own deadline gives a better message than an outer asyncio.timeout.
-# ruff: noqa: ASYNC109
 
     def __init__(self, data_dir: Path, *, port: int | None = None,
                  env: Mapping[str, str] | None = None, args: Sequence[str] = (),
