@@ -90,6 +90,26 @@ async def test_log_holds_only_positioned_events(bus: BusProbe) -> None:
     assert data(await bus.bus.read_log(gen, 0)) == [first.data]
 
 
+async def test_restore_log_writes_the_log_again_and_publishes_nothing(
+        bus: BusProbe, peer: BusProbe) -> None:
+    """After the backend lost a log, its owner writes it again from its own copy; appending
+    goes on after it, and watchers get only what is appended, not the restored events."""
+    chat, gen, control = new_id(), new_id(), new_id()
+    await peer.bus.watch(chat)
+    kept = [protocol.start(chat, gen, new_id(), "demo", "demo-1"), *deltas(chat, gen, ["a", "b"])]
+
+    await bus.bus.restore_log(gen, kept)
+    nxt = protocol.delta(chat, gen, 3, "c")
+    assert await bus.bus.append(nxt) is False
+
+    assert data(await peer.bus.read_log(gen, 0)) == [e.data for e in [*kept[1:], nxt]]
+    assert data(await peer.bus.read_log(gen, 2)) == [nxt.data]
+    barrier = protocol.delta(chat, control, 1, "barrier")
+    await bus.bus.append(barrier)
+    await peer.wait_event(lambda e: e.data == barrier.data)
+    assert [e["text"] for e in peer.events_of(chat)] == ["c", "barrier"]
+
+
 # -- end of a log and retention -------------------------------------------------------------
 
 

@@ -1,0 +1,387 @@
+"""RedisBus: the Bus for many processes, on one Redis (or a Cluster: keys carry `{gen}` tags).
+
+Per generation a stream `{prefix}{gen}:log` holds the positioned events (entry id `<seq>-1`,
+field `e` = the event's JSON); live events go to the channel `{prefix}chat:<chat>`; stop
+requests set `{prefix}{gen}:stop` and are announced on `{prefix}stop`; leases are plain keys
+`{prefix}{gen}:lease` with a TTL. Appending is one round trip (a Lua script: XADD, PUBLISH,
+stop check), so a token costs one command on the hot path. If Redis restarts empty, the
+owner's next append raises `BusUnavailable` instead of starting a log with a hole, and the
+owner writes the whole log again with `restore_log`; a reader whose cursor falls before the
+first entry of a log gets None (snapshot), never a tail with a gap.
+
+Each process has one command connection pool and exactly one pub/sub connection, read by a
+listener task this bus owns. If Redis goes away, commands raise `BusUnavailable` within
+seconds, and the listener reconnects with backoff, subscribes again to every watched chat and
+the stop channel, and calls `on_reconnect` so the hub can have subscribers resume (live events
+published while the connection was down are gone; the logs hold what still exists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from server.bus.base import Bus, BusUnavailable, EventHandler, StopHandler
+from server.protocol import Event
+
+log = logging.getLogger("chatcast.bus")
+
+ReconnectHandler = Callable[[], None]
+
+SOCKET_TIMEOUT_S = 2.0      # a command that gets no answer in this time fails
+PING_TIMEOUT_S = 1.0        # /readyz must answer fast
+STOP_KEY_TTL_S = 6 * 3600   # a stop request outlives any generation
+ACTIVE_LOG_TTL_S = 24 * 3600  # safety net for logs whose generation nobody ended
+IDLE_PING_S = 5.0           # a silent pub/sub connection is pinged after this long ...
+PONG_TIMEOUT_S = 3.0        # ... and declared dead if nothing comes back in this time
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+# KEYS: log, stop. ARGV: stream id, event JSON, chat channel, safety TTL (ms), must exist.
+# Returns {added, stop_requested}, or {-1, stop_requested} when the log must exist (this
+# process appended to it before) but does not: Redis lost it, and the owner must restore it
+# before anything else goes in. An id not above the stream's last one is a repeat (a retried
+# call): it is neither stored nor published again.
+_APPEND = """
+local stopped = redis.call('EXISTS', KEYS[2])
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {-1, stopped} end
+local ok = redis.pcall('XADD', KEYS[1], ARGV[1], 'e', ARGV[2])
+if type(ok) == 'table' and ok.err then
+  if string.find(ok.err, 'equal or smaller', 1, true) then return {0, stopped} end
+  return redis.error_reply(ok.err)
+end
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {1, stopped}
+"""
+
+# KEYS: lease. ARGV: owner. Delete the lease only if it is still ours.
+_DROP_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisBus(Bus):
+    def __init__(self, url: str, *, retention_s: float = 900.0, prefix: str = "cc:") -> None:
+        self.url = url
+        self.retention_s = retention_s
+        self.prefix = prefix
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        #: Calls made, one round trip each (for benchmarks and metrics).
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("appends", "duplicates", "publishes", "reads", "round_trips", "reconnects"), 0)
+        common: dict[str, Any] = {"socket_connect_timeout": SOCKET_TIMEOUT_S,
+                                  "socket_keepalive": True}
+        # One retry: a pooled connection that died with a Redis restart is replaced at once.
+        # Every command is safe to repeat (appends of a seen seq are ignored by the script).
+        self._redis: Redis = Redis.from_url(
+            url, client_name="chatcast-cmd", socket_timeout=SOCKET_TIMEOUT_S,
+            health_check_interval=15, retry=Retry(NoBackoff(), 1), **common)
+        # The pub/sub connection does not retry by itself: the listener owns reconnecting.
+        self._sub_redis: Redis = Redis.from_url(
+            url, client_name="chatcast-pubsub", socket_timeout=SOCKET_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0), **common)
+        self._append = self._redis.register_script(_APPEND)
+        self._drop_lease = self._redis.register_script(_DROP_LEASE)
+        self._stop_channel = f"{prefix}stop".encode()
+        self._chat_prefix = f"{prefix}chat:".encode()
+        self._watched: set[str] = set()
+        # Generations this process appended to and has not ended: their log must exist.
+        self._open_logs: set[str] = set()
+        self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._pubsub: PubSub | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._on_event: EventHandler | None = None
+        self._on_stop: StopHandler | None = None
+        self._on_reconnect: ReconnectHandler | None = None
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, on_event: EventHandler, on_stop: StopHandler, *,
+                    on_reconnect: ReconnectHandler | None = None) -> None:
+        """Connect (or raise BusUnavailable naming REDIS_URL) and start the listener.
+        `on_reconnect` is called after the pub/sub connection was lost and is back."""
+        self._on_event, self._on_stop, self._on_reconnect = on_event, on_stop, on_reconnect
+        try:
+            await self._redis.ping()
+            self._pubsub = await self._open_pubsub()
+        except _DOWN as exc:
+            await self._close_clients()
+            raise BusUnavailable(
+                f"cannot reach Redis at {_redacted(self.url)} (REDIS_URL): {exc}") from exc
+        self._listener = asyncio.create_task(self._listen(), name="redis-bus-listener")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        await self._drop_pubsub()
+        await self._close_clients()
+
+    async def ping(self) -> bool:
+        """True when commands get answers and the pub/sub connection is up."""
+        if self._pubsub is None:
+            return False
+        try:
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                return bool(await self._redis.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    # The log -----------------------------------------------------------------------------
+
+    async def append(self, event: Event) -> bool:
+        gen = str(event.gen)
+        keys = [self._key(gen, "log"), self._key(gen, "stop")]
+        args: list[str | bytes | int] = [f"{event.seq}-1", event.encode(),
+                                         self._chat_channel(event.chat),
+                                         int(ACTIVE_LOG_TTL_S * 1000),
+                                         int(gen in self._open_logs)]
+        added, stopped = await self._call(self._append(keys, args))
+        self.stats["appends"] += 1
+        if added < 0:
+            raise BusUnavailable(f"Redis lost the log of generation {gen}; restore it")
+        if added == 0:
+            self.stats["duplicates"] += 1
+        self._open_logs.add(gen)
+        return bool(stopped)
+
+    async def restore_log(self, gen: str, events: list[Event]) -> None:
+        """Replace the log with `events` in one transaction (one round trip)."""
+        key = self._key(gen, "log")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(key)
+        for event in events:
+            pipe.xadd(key, {"e": event.encode()}, id=f"{event.seq}-1")
+        pipe.pexpire(key, int(ACTIVE_LOG_TTL_S * 1000))
+        await self._call(pipe.execute())
+        if events:
+            self._open_logs.add(gen)
+        else:  # nothing was written: the next append starts the log afresh
+            self._open_logs.discard(gen)
+
+    async def publish(self, event: Event) -> None:
+        await self._call(self._redis.publish(self._chat_channel(event.chat), event.encode()))
+        self.stats["publishes"] += 1
+
+    async def read_log(self, gen: str, after_seq: int) -> list[Event] | None:
+        key = self._key(gen, "log")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.exists(key)
+        pipe.xrange(key, min=f"{after_seq + 1}-0", max="+")
+        exists, entries = await self._call(pipe.execute())
+        self.stats["reads"] += 1
+        if not exists:
+            return None
+        events = [Event.decode(fields[b"e"]) for _id, fields in entries]
+        if events and events[0].seq > after_seq + 1:
+            return None  # the log starts after the cursor: Redis lost its beginning
+        return events
+
+    async def end_log(self, gen: str) -> None:
+        self._open_logs.discard(gen)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.pexpire(self._key(gen, "log"), max(int(self.retention_s * 1000), 1))
+        pipe.delete(self._key(gen, "stop"))
+        await self._call(pipe.execute())
+
+    # Live fan-out --------------------------------------------------------------------------
+
+    async def watch(self, chat: str) -> None:
+        """Returns once Redis confirmed the subscription (so nothing published after this
+        returns can be missed); raises BusUnavailable while the pub/sub link is down."""
+        channel = self._chat_channel(chat)
+        pubsub = self._pubsub
+        if pubsub is None:
+            raise BusUnavailable("Redis pub/sub connection is down; reconnecting")
+        self._watched.add(chat)
+        confirmed = asyncio.get_running_loop().create_future()
+        waiting = self._confirmations.setdefault(channel, [])
+        waiting.append(confirmed)
+        try:
+            async with asyncio.timeout(SOCKET_TIMEOUT_S):
+                await pubsub.subscribe(channel)
+                await confirmed
+        except (*_DOWN, BusUnavailable) as exc:
+            self._watched.discard(chat)
+            raise BusUnavailable(f"cannot subscribe to chat {chat} on Redis: {exc}") from exc
+        finally:
+            if confirmed in waiting:
+                waiting.remove(confirmed)
+
+    async def unwatch(self, chat: str) -> None:
+        self._watched.discard(chat)
+        pubsub = self._pubsub
+        if pubsub is not None:
+            # If this fails the link is down, and the listener reconnects to watched chats only.
+            with contextlib.suppress(*_DOWN):
+                await pubsub.unsubscribe(self._chat_channel(chat))
+
+    # Stop requests and leases --------------------------------------------------------------
+
+    async def request_stop(self, gen: str) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._key(gen, "stop"), 1, ex=STOP_KEY_TTL_S)
+        pipe.publish(self._stop_channel, gen)
+        await self._call(pipe.execute())
+
+    async def refresh_lease(self, gen: str, ttl_s: float) -> None:
+        await self._call(self._redis.set(self._key(gen, "lease"), self.owner,
+                                         px=max(int(ttl_s * 1000), 1)))
+
+    async def lease_owner(self, gen: str) -> str | None:
+        owner = await self._call(self._redis.get(self._key(gen, "lease")))
+        return owner.decode() if owner is not None else None
+
+    async def drop_lease(self, gen: str) -> None:
+        await self._call(self._drop_lease([self._key(gen, "lease")], [self.owner]))
+
+    # Internals -----------------------------------------------------------------------------
+
+    def _key(self, gen: str, kind: str) -> str:
+        return f"{self.prefix}{{{gen}}}:{kind}"
+
+    def _chat_channel(self, chat: str) -> bytes:
+        return self._chat_prefix + chat.encode()
+
+    async def _call(self, command: Any) -> Any:
+        """Await one Redis round trip; a Redis that cannot be reached is BusUnavailable."""
+        self.stats["round_trips"] += 1
+        try:
+            return await command
+        except _DOWN as exc:
+            raise BusUnavailable(f"Redis unavailable: {exc}") from exc
+
+    async def _open_pubsub(self) -> PubSub:
+        """A new pub/sub connection subscribed to the stop channel and every watched chat,
+        returned once Redis confirmed all of them."""
+        pubsub = self._sub_redis.pubsub()
+        try:
+            channels = [self._stop_channel, *(self._chat_channel(c) for c in self._watched)]
+            async with asyncio.timeout(SOCKET_TIMEOUT_S * 2):
+                await pubsub.subscribe(*channels)
+                pending = set(channels)
+                while pending:
+                    message = await pubsub.get_message(timeout=SOCKET_TIMEOUT_S)
+                    if message is not None and message["type"] == "subscribe":
+                        pending.discard(message["channel"])
+                    elif message is not None:
+                        self._handle(message)
+        except BaseException:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        return pubsub
+
+    async def _listen(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while True:
+            try:
+                if self._pubsub is None:
+                    self._pubsub = await self._open_pubsub()
+                    self.stats["reconnects"] += 1
+                    log.warning("Redis pub/sub reconnected; %d chats subscribed again",
+                                len(self._watched))
+                    backoff = BACKOFF_MIN_S
+                    self._call_reconnect_hook()
+                await self._read(self._pubsub)
+            except (*_DOWN, RedisError) as exc:
+                lost = self._pubsub is not None
+                await self._drop_pubsub(exc)
+                if lost:
+                    log.warning("Redis pub/sub connection lost (%s); reconnecting", exc)
+                else:
+                    log.debug("Redis still unreachable (%s); next try in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _read(self, pubsub: PubSub) -> None:
+        """Deliver messages until the connection fails. A silent connection is pinged, and
+        one that does not answer is treated as lost (a peer that vanished sends no FIN)."""
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        pinged: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            now = loop.time()
+            if message is not None:
+                heard, pinged = now, None
+                self._handle(message)
+            elif pinged is not None and now - pinged > PONG_TIMEOUT_S:
+                raise RedisConnectionError("no answer to PING on the pub/sub connection")
+            elif pinged is None and now - heard > IDLE_PING_S:
+                await pubsub.ping()
+                pinged = now
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message["channel"]
+        try:
+            if kind == "subscribe":
+                waiting = self._confirmations.get(channel)
+                if waiting:
+                    future = waiting.pop(0)
+                    if not future.done():
+                        future.set_result(None)
+                if not waiting:
+                    self._confirmations.pop(channel, None)
+            elif kind != "message":
+                return
+            elif channel == self._stop_channel:
+                if self._on_stop is not None:
+                    self._on_stop(message["data"].decode())
+            else:
+                chat = channel[len(self._chat_prefix):].decode()
+                if chat in self._watched and self._on_event is not None:
+                    self._on_event(Event.decode(message["data"]))
+        except Exception:
+            log.exception("bus handler failed", extra={"channel": channel})
+
+    def _call_reconnect_hook(self) -> None:
+        if self._on_reconnect is None:
+            return
+        try:
+            self._on_reconnect()
+        except Exception:
+            log.exception("on_reconnect handler failed")
+
+    async def _drop_pubsub(self, exc: BaseException | None = None) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        for waiting in self._confirmations.values():
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(BusUnavailable(f"Redis pub/sub lost: {exc}"))
+        self._confirmations.clear()
+        if pubsub is not None:
+            with contextlib.suppress(*_DOWN):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _close_clients(self) -> None:
+        for client in (self._redis, self._sub_redis):
+            with contextlib.suppress(*_DOWN):
+                await client.aclose()
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password (error messages and logs must not carry secrets)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
