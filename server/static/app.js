@@ -185,13 +185,14 @@ function open(id) {
   flush();
   const chat = ui.chats.find((c) => c.id === id);
   document.title = chat ? `${chat.title} · chatcast` : 'chatcast';
+  if (id && !chat) refreshChatsSoon(); // opened from a link or another tab
   focusComposer();
 }
 
 function go(id) {
   const hash = id ? `#/c/${id}` : '#/';
-  if (location.hash !== hash) location.hash = hash; // hashchange → open
-  else open(id);
+  if (location.hash !== hash) location.hash = hash; // its hashchange finds the chat open already
+  open(id);
 }
 
 function newChat() {
