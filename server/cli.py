@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging.config
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 from uvicorn.supervisors import multiprocess
@@ -34,23 +33,16 @@ def _check_redis(url: str) -> None:
     to memory silently: processes would stop seeing each other)."""
     import redis
 
+    from server.bus.redis import redacted_url
+
     client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise SystemExit(f"chatcast: cannot reach Redis at {_safe_url(url)} (REDIS_URL): "
+        raise SystemExit(f"chatcast: cannot reach Redis at {redacted_url(url)} (REDIS_URL): "
                          f"{exc}") from None
     finally:
         client.close()
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def serve(args: argparse.Namespace) -> None:

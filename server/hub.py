@@ -70,9 +70,11 @@ class Subscriber:
         if event.type == "snapshot":
             active = event.data.get("active")
             view.seen.clear()
-            view.finished.clear()
+            view.finished = {m["gen"] for m in event.data["messages"]
+                             if m.get("gen") and m.get("status") != "streaming"}
             if active:
                 view.seen[active["gen"]] = int(active["seq"])
+                view.finished.discard(active["gen"])
             cursor = event.data.get("cursor")
             view.cursor = Cursor(**cursor) if cursor else None
         elif event.type == "start":
@@ -82,9 +84,10 @@ class Subscriber:
                 view.cursor = Cursor(gen=gen, seq=0)
         elif event.is_positioned:
             gen = str(event.gen)
+            if gen in view.finished:
+                return  # its done (or a snapshot showing it over) was delivered already
             last = view.seen.get(gen)
-            if event.type == "done" and gen not in view.finished and last is not None \
-                    and event.seq <= last:
+            if event.type == "done" and last is not None and event.seq <= last:
                 # A done written by another process from SQL after the log was lost can be
                 # behind what this client saw; it still must learn the final state.
                 last = event.seq - 1

@@ -38,6 +38,11 @@ class Replay:
             return [await self.snapshot(chat)]
         if gen.status == "active":
             return tail
+        has_done = any(e.type == "done" for e in tail)
+        if not has_done and cursor.seq != gen.last_seq + 1:
+            # Over, yet the log cannot bring this client to its done (e.g. the done was
+            # written from SQL by another process after the owner died): show the truth.
+            return [await self.snapshot(chat)]
         latest = await self.repo.latest_generation(chat)
         if latest is not None and latest.id != gen.id:
             return [*tail, await self.snapshot(chat)]

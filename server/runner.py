@@ -63,7 +63,7 @@ class Runner:
         self.registry = registry
         self.running: dict[str, Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
+        self._missing: set[str] = set()  # gens whose lease was missing at the last check
 
     # Commands ------------------------------------------------------------------------
 
@@ -194,7 +194,6 @@ class Runner:
                 if now - last_checkpoint >= self.settings.checkpoint_interval_s:
                     last_checkpoint = now
                     await self._checkpoint(r)
-                    await self._refresh_lease(r)
         except asyncio.CancelledError:
             if not r.stop_requested:
                 raise
@@ -230,7 +229,7 @@ class Runner:
 
     async def _refresh_lease(self, r: Running) -> None:
         with contextlib.suppress(BusUnavailable):  # logged by _append; leases come back
-            await self.bus.refresh_lease(r.gen.id, self.settings.lease_ttl_s)
+            await self.bus.refresh_lease(r.gen.id, self.settings.lease_ttl_s / 2)
 
     async def _history(self, r: Running) -> list[ChatMessage]:
         rows = await self.repo.history(r.chat_id, upto_message=r.message_id)
@@ -296,13 +295,37 @@ class Runner:
 
     # Orphans -------------------------------------------------------------------------
 
+    async def maintain(self) -> None:
+        """Keep this process's leases alive and reap other processes' dead generations.
+
+        Leases live L/2 (L = lease_ttl_s) and are refreshed every L/6, independently of
+        token flow. A generation is reaped only when its lease is missing on two checks in a
+        row, so a lease lost with a restarted Redis is re-created by its living owner first;
+        a dead owner's generation is still reaped within L (L/2 + 2 * L/6)."""
+        tick = self.settings.lease_ttl_s / 6
+        while True:
+            await asyncio.sleep(tick)
+            for running in list(self.running.values()):
+                await self._refresh_lease(running)
+            try:
+                await self.reap_orphans()
+            except Exception:
+                log.exception("orphan sweep failed")
+
     async def reap_orphans(self) -> int:
-        """Mark active generations whose owner's lease is gone as interrupted."""
+        """Mark active generations whose owner's lease is gone (twice) as interrupted."""
         reaped = 0
+        missing, self._missing = self._missing, set()
         for gen in await self.repo.active_generations():
             if gen.id in self.running:
                 continue
-            if await self.bus.lease_owner(gen.id) is not None:
+            try:
+                if await self.bus.lease_owner(gen.id) is not None:
+                    continue
+            except BusUnavailable:
+                return reaped  # cannot tell now; nothing is reaped while the bus is down
+            if gen.id not in missing:
+                self._missing.add(gen.id)  # confirm on the next check
                 continue
             content, seq = await self._recover_text(gen)
             final = await self.repo.finish(gen.id, "interrupted", content, seq,
@@ -337,7 +360,6 @@ class Runner:
 
     async def close(self, grace_s: float) -> None:
         """Let running generations finish within the grace period, then interrupt the rest."""
-        self._closing = True
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
         for task in list(self._tasks):

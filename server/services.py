@@ -49,7 +49,7 @@ class Services:
     identity: Identity
     engine: AsyncEngine
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
-    _reaper: asyncio.Task[None] | None = None
+    _maintenance: asyncio.Task[None] | None = None
 
     def subscriber(self, transport: str) -> Subscriber:
         return Subscriber(transport, self.settings.outbox_max_frames,
@@ -64,24 +64,15 @@ class Services:
         replay = Replay(repo, bus, settings.history_page_size)
         hub = Hub(bus, replay.catch_up)
         runner = Runner(settings, repo, bus, registry)
-        await bus.start(hub.on_event, runner.on_stop)
+        await bus.start(hub.on_event, runner.on_stop, on_reconnect=hub.resync_all)
         svc = cls(settings, repo, bus, registry, hub, runner, replay,
                   Identity(settings.signing_key()), engine)
-        await runner.reap_orphans()
         lifecycle.on_shutdown_begin(svc.begin_shutdown)
-        svc._reaper = asyncio.create_task(svc._reap_forever(), name="reaper")
+        svc._maintenance = asyncio.create_task(runner.maintain(), name="runner-maintenance")
         log.info("chatcast ready", extra={"bus": bus.__class__.__name__,
                                           "provider": registry.default,
                                           "database": engine.url.get_backend_name()})
         return svc
-
-    async def _reap_forever(self) -> None:
-        while True:
-            await asyncio.sleep(max(self.settings.lease_ttl_s / 2, 0.5))
-            try:
-                await self.runner.reap_orphans()
-            except Exception:
-                log.exception("orphan sweep failed")
 
     async def begin_shutdown(self) -> None:
         """Stop taking clients: readiness fails, every connection is told 1001."""
@@ -91,11 +82,12 @@ class Services:
     async def close(self) -> None:
         lifecycle.forget(self.begin_shutdown)
         self.shutting_down.set()
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        # Leases stay alive while running generations use their grace period.
         await self.runner.close(self.settings.shutdown_grace_s)
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
         await self.hub.close()
         await self.bus.close()
         await self.registry.aclose()

@@ -14,14 +14,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
+from server.codes import Code
+from server.errors import ChatcastError
 from server.protocol import Event
 
 EventHandler = Callable[[Event], None]
 StopHandler = Callable[[str], None]
+ReconnectHandler = Callable[[], None]
 
 
-class BusUnavailable(Exception):
-    """The bus backend cannot be reached (e.g. Redis down). Raised quickly, never hangs."""
+class BusUnavailable(ChatcastError):
+    """The bus backend cannot be reached (e.g. Redis down). Raised quickly, never hangs;
+    a client that hits it is told `internal` (retryable)."""
+
+    code = Code.INTERNAL
 
 
 class Bus(ABC):
@@ -29,8 +35,11 @@ class Bus(ABC):
     owner: str
 
     @abstractmethod
-    async def start(self, on_event: EventHandler, on_stop: StopHandler) -> None:
-        """Connect and begin delivering live events and stop requests to the handlers."""
+    async def start(self, on_event: EventHandler, on_stop: StopHandler, *,
+                    on_reconnect: ReconnectHandler | None = None) -> None:
+        """Connect and begin delivering live events and stop requests to the handlers.
+        `on_reconnect` is called when live delivery resumes after an outage (events may
+        have been missed meanwhile: subscribers must catch up from their cursors)."""
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -41,8 +50,10 @@ class Bus(ABC):
 
     @abstractmethod
     async def append(self, event: Event) -> bool:
-        """Append a delta/done to its generation's log and publish it to the chat.
-        Returns True when a stop has been requested for that generation."""
+        """Append a start/delta/done to its generation's log and publish it to the chat.
+        An event whose seq is not above the log's last is a repeat: ignored. A `done`
+        seals the log. Returns True when the producer must stop: a stop was requested, or
+        the log is sealed (another process already ended the generation)."""
 
     @abstractmethod
     async def restore_log(self, gen: str, events: list[Event]) -> None:

@@ -6,7 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from server.bus.base import Bus, EventHandler, StopHandler
+from server.bus.base import Bus, EventHandler, ReconnectHandler, StopHandler
 from server.protocol import Event
 
 
@@ -14,6 +14,7 @@ from server.protocol import Event
 class _Log:
     events: list[Event] = field(default_factory=list)
     expires_at: float | None = None  # monotonic deadline once the generation has ended
+    sealed: bool = False  # a done was appended: nothing more is accepted
 
 
 class MemoryBus(Bus):
@@ -27,8 +28,9 @@ class MemoryBus(Bus):
         self._on_event: EventHandler | None = None
         self._on_stop: StopHandler | None = None
 
-    async def start(self, on_event: EventHandler, on_stop: StopHandler) -> None:
-        self._on_event, self._on_stop = on_event, on_stop
+    async def start(self, on_event: EventHandler, on_stop: StopHandler, *,
+                    on_reconnect: ReconnectHandler | None = None) -> None:
+        self._on_event, self._on_stop = on_event, on_stop  # in-process: never disconnects
 
     async def close(self) -> None:
         self._logs.clear()
@@ -42,7 +44,12 @@ class MemoryBus(Bus):
         if log is None:
             self._prune()
             log = self._logs[gen] = _Log()
+        if log.sealed:
+            return True  # ended elsewhere: the producer must stop
+        if log.events and event.seq <= log.events[-1].seq:
+            return gen in self._stops  # a repeat: stored and published once
         log.events.append(event)
+        log.sealed = event.type == "done"
         self._fan_out(event)
         return gen in self._stops
 

@@ -24,7 +24,6 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,12 +35,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.bus.base import Bus, BusUnavailable, EventHandler, StopHandler
+from server.bus.base import Bus, BusUnavailable, EventHandler, ReconnectHandler, StopHandler
 from server.protocol import Event
 
 log = logging.getLogger("chatcast.bus")
 
-ReconnectHandler = Callable[[], None]
 
 SOCKET_TIMEOUT_S = 2.0      # a command that gets no answer in this time fails
 PING_TIMEOUT_S = 1.0        # /readyz must answer fast
@@ -59,6 +57,7 @@ _DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 # call): it is neither stored nor published again.
 _APPEND = """
 local stopped = redis.call('EXISTS', KEYS[2])
+if redis.call('EXISTS', KEYS[3]) == 1 then return {0, 1} end
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {-1, stopped} end
 local ok = redis.pcall('XADD', KEYS[1], ARGV[1], 'e', ARGV[2])
 if type(ok) == 'table' and ok.err then
@@ -67,6 +66,7 @@ if type(ok) == 'table' and ok.err then
 end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if ARGV[6] == '1' then redis.call('SET', KEYS[3], '1', 'PX', ARGV[4]) end
 return {1, stopped}
 """
 
@@ -124,7 +124,7 @@ class RedisBus(Bus):
         except _DOWN as exc:
             await self._close_clients()
             raise BusUnavailable(
-                f"cannot reach Redis at {_redacted(self.url)} (REDIS_URL): {exc}") from exc
+                f"cannot reach Redis at {redacted_url(self.url)} (REDIS_URL): {exc}") from exc
         self._listener = asyncio.create_task(self._listen(), name="redis-bus-listener")
 
     async def close(self) -> None:
@@ -149,11 +149,12 @@ class RedisBus(Bus):
 
     async def append(self, event: Event) -> bool:
         gen = str(event.gen)
-        keys = [self._key(gen, "log"), self._key(gen, "stop")]
+        keys = [self._key(gen, "log"), self._key(gen, "stop"), self._key(gen, "sealed")]
         args: list[str | bytes | int] = [f"{event.seq}-1", event.encode(),
                                          self._chat_channel(event.chat),
                                          int(ACTIVE_LOG_TTL_S * 1000),
-                                         int(gen in self._open_logs)]
+                                         int(gen in self._open_logs),
+                                         int(event.type == "done")]
         added, stopped = await self._call(self._append(keys, args))
         self.stats["appends"] += 1
         if added < 0:
@@ -199,6 +200,7 @@ class RedisBus(Bus):
         self._open_logs.discard(gen)
         pipe = self._redis.pipeline(transaction=True)
         pipe.pexpire(self._key(gen, "log"), max(int(self.retention_s * 1000), 1))
+        pipe.pexpire(self._key(gen, "sealed"), max(int(self.retention_s * 1000), 1))
         pipe.delete(self._key(gen, "stop"))
         await self._call(pipe.execute())
 
@@ -377,7 +379,7 @@ class RedisBus(Bus):
                 await client.aclose()
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
     """The URL without its password (error messages and logs must not carry secrets)."""
     parts = urlsplit(url)
     if parts.password is None:
