@@ -18,10 +18,19 @@ _LANGS = [
                    "ws.onmessage = (e) => render(JSON.parse(e.data));"),
     ("sql", "SELECT id, status FROM generation\n WHERE status = 'active'\n ORDER BY started_at;"),
 ]
-_SENTENCE = ("the server keeps every chunk in order so that a tab which reconnects can pick up "
-             "exactly where it left off while other tabs keep streaming at full speed and "
-             "nothing is ever written twice")
-_WORDS = _SENTENCE.split()
+_SENTENCES = (
+    "Every chunk of an answer gets a position, so a tab that reconnects asks for exactly "
+    "what it missed.",
+    "The answer belongs to the server, not to the socket: closing the tab does not stop it.",
+    "A slow tab gets fewer, larger frames instead of slowing everybody else down.",
+    "Stop travels back up the same socket and reaches the process that owns the answer.",
+    "Partial text is written to the database about once a second, so a crash loses little.",
+    "When the last chunk arrives, its length and checksum let every tab verify its copy.",
+    "Two tabs of the same browser share one identity and see the same chats live.",
+    "If WebSockets are blocked, the same events arrive over Server-Sent Events or polling.",
+    "A cursor the server can no longer replay is answered with a fresh snapshot.",
+    "Retries happen before the first token only; after that, nothing restarts silently.",
+)
 
 
 def compose_reply(prompt: str, *, max_tokens: int | None = None) -> list[str]:
@@ -37,8 +46,8 @@ def compose_reply(prompt: str, *, max_tokens: int | None = None) -> list[str]:
         topic = rng.choice(_TOPICS)
         lang, code = rng.choice(_LANGS)
         quoted = prompt.strip().replace("\n", " ")[:80]
-        paragraphs = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(14, 26))).capitalize()
-                      + "." for _ in range(2)]
+        picked = rng.sample(_SENTENCES, 5)
+        paragraphs = [" ".join(picked[:3]), " ".join(picked[3:])]
         text = (
             f"## On {topic}\n\nYou asked: *{quoted}*. Here is a short answer in **markdown**.\n\n"
             f"{paragraphs[0]}\n\n"
