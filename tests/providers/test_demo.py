@@ -47,15 +47,17 @@ async def test_continue_streams_only_the_missing_part() -> None:
 async def test_cancel_mid_stream_ends_promptly() -> None:
     demo = DemoProvider(tokens_per_s=20)
     got: list[str] = []
+    two = asyncio.Event()
 
     async def consume() -> None:
         async for chunk in demo.stream([ChatMessage("user", "hi")], model="demo-1",
                                        params=StreamParams()):
             got.append(chunk.text)
+            if len(got) == 2:
+                two.set()
 
     task = asyncio.create_task(consume())
-    while len(got) < 2:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(two.wait(), 5)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled() and 2 <= len(got) < len(compose_reply("hi"))
