@@ -7,6 +7,7 @@ import asyncio
 
 import httpx
 
+from tests.conftest import ServerFactory
 from tests.helpers.assemble import Assembler, digest
 from tests.helpers.clients import Poller, SSEClient, WSClient
 from tests.helpers.server import ServerProcess
@@ -262,3 +263,18 @@ async def test_ws_handshake_without_cookie_gets_one(srv: ServerProcess) -> None:
         assert (await ws.request({"type": "ping"}))["type"] == "pong"
     async with httpx.AsyncClient(base_url=srv.url) as http:
         assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_sse_heartbeats_and_headers(server: ServerFactory) -> None:
+    srv = await server(env={"CHATCAST_SSE_HEARTBEAT_S": "0.2"})
+    async for alice in make_user(srv):
+        chat = await alice.new_chat()
+        async with alice.http.stream("GET", f"/api/chats/{chat}/events") as r:
+            assert r.headers["cache-control"] == "no-cache"
+            assert r.headers["x-accel-buffering"] == "no"
+            lines: list[str] = []
+            async for line in r.aiter_lines():
+                lines.append(line)
+                if sum(1 for x in lines if x.startswith(":")) >= 2:
+                    break
+        assert "retry: 2000" in lines and "event: snapshot" in lines
