@@ -1,0 +1,86 @@
+"""The hub's subscriber outbox: merge while busy, bounded, overflow means close; live and
+catch-up overlap de-duplicated; a gap triggers a resync."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server import protocol
+from server.bus.memory import MemoryBus
+from server.hub import Hub, Subscriber
+from server.protocol import Cursor, Event
+
+
+def delta(gen: str, seq: int, text: str = "x") -> Event:
+    return protocol.delta("c", gen, seq, text)
+
+
+def ready(sub: Subscriber, chat: str = "c") -> None:
+    sub._open(chat)
+    sub._finish_sync(chat, [])
+
+
+def test_busy_subscriber_gets_merged_deltas_with_exact_text() -> None:
+    sub = Subscriber("test", max_frames=64)
+    ready(sub)
+    for seq in range(1, 101):
+        sub.deliver(delta("g", seq, f"{seq} "))
+    batch = list(sub.outbox)
+    assert len(batch) == 1 and batch[0].seq == 100
+    assert batch[0].data["text"] == "".join(f"{i} " for i in range(1, 101))
+
+
+def test_interleaved_generations_overflow_and_memory_is_released() -> None:
+    sub = Subscriber("test", max_frames=16, max_bytes=1 << 20)
+    ready(sub)
+    for seq in range(1, 200):
+        for gen in ("a", "b", "c"):
+            sub.deliver(delta(gen, seq))
+        if sub.overflowed:
+            break
+    assert sub.overflowed and not sub.outbox and sub.queued_bytes == 0
+    sub.deliver(delta("a", 500))
+    assert not sub.outbox  # nothing more is queued for a subscriber being closed
+
+
+def test_byte_bound() -> None:
+    sub = Subscriber("test", max_frames=1000, max_bytes=10_000)
+    ready(sub)
+    sub.push(protocol.pong())  # the head is being written: deltas merge behind it
+    for seq in range(1, 50):
+        sub.deliver(delta("g", seq, "y" * 500))
+    assert sub.overflowed
+
+
+def test_duplicates_dropped_and_gap_resyncs() -> None:
+    sub = Subscriber("test")
+    ready(sub)
+    gaps: list[str] = []
+    sub.on_gap = lambda s, chat: gaps.append(chat)
+    sub.deliver(protocol.start("c", "g", "m", "demo", "demo-1"))
+    for seq in (1, 2, 2, 1, 3):
+        sub.deliver(delta("g", seq))
+    sub.deliver(delta("g", 7))  # 4..6 missing
+    assert gaps == ["c"]
+    frames = list(sub.outbox)
+    assert [f.type for f in frames] == ["start", "delta"] and frames[1].seq == 3
+
+
+async def test_subscribe_merges_catch_up_and_live_without_duplicates() -> None:
+    bus = MemoryBus()
+    calls: list[Cursor | None] = []
+
+    async def catch_up(chat: str, cursor: Cursor | None) -> list[Event]:
+        calls.append(cursor)
+        await bus.append(delta("g", 3))  # live while catching up: buffered, then de-duplicated
+        return [delta("g", 2), delta("g", 3)]
+
+    hub = Hub(bus, catch_up)
+    await bus.start(hub.on_event, lambda gen: None)
+    sub = Subscriber("test")
+    await hub.subscribe(sub, "c", Cursor(gen="g", seq=1))
+    batch = await asyncio.wait_for(sub.next_batch(), 1)
+    assert len(batch) == 1 and batch[0].seq == 3 and batch[0].data["text"] == "xx"
+    hub.drop(sub)
+    assert not hub.chats and not hub.connections
+    await hub.close()
