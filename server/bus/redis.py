@@ -111,6 +111,12 @@ class RedisBus(Bus):
         self._on_stop: StopHandler | None = None
         self._on_reconnect: ReconnectHandler | None = None
 
+    @property
+    def client(self) -> Redis:
+        """The command connection pool, shared with other Redis users of this process
+        (e.g. RedisLimits); the bus owns and closes it."""
+        return self._redis
+
     # Lifecycle ---------------------------------------------------------------------------
 
     async def start(self, on_event: EventHandler, on_stop: StopHandler, *,
