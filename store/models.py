@@ -22,6 +22,20 @@ class User(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class ApiToken(SQLModel, table=True):
+    """An API token (`Authorization: Bearer`). Only its sha256 is stored: the token itself
+    is shown once, when it is created."""
+
+    __tablename__ = "api_token"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    user_id: str = Field(foreign_key="user.id", max_length=64, index=True)
+    name: str = Field(default="", max_length=200)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+
+
 class Chat(SQLModel, table=True):
     __table_args__ = (Index("ix_chat_user_updated", "user_id", "updated_at"),)
 

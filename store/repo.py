@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import func, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from server.errors import BadRequest, Busy, NotFound
+from server.errors import BadRequest, Busy, NotFound, TooManyGenerations
 from store.ids import utcnow
-from store.models import TERMINAL_TO_MESSAGE, Chat, Generation, Message, User
+from store.models import TERMINAL_TO_MESSAGE, ApiToken, Chat, Generation, Message, User
+
+TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)  # last_used_at is written at most this often
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -31,8 +34,11 @@ class Started:
 
 
 class Repo:
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: Sessions, *, max_active_per_user: int | None = None) -> None:
+        """`max_active_per_user`: how many generations one user may have active at once
+        (None: no limit). Checked inside the transaction that starts a generation."""
         self.sessions = sessions
+        self.max_active_per_user = max_active_per_user
 
     async def ping(self) -> bool:
         try:
@@ -52,6 +58,32 @@ class Repo:
                     await s.commit()
                 except IntegrityError:  # created concurrently: fine
                     await s.rollback()
+
+    async def create_api_token(self, user_id: str, name: str, token_hash: str) -> ApiToken:
+        """Store a token's hash for `user_id` (created if new)."""
+        await self.ensure_user(user_id)
+        row = ApiToken(user_id=user_id, name=name, token_hash=token_hash)
+        async with self.sessions() as s:
+            s.add(row)
+            await s.commit()
+        return row
+
+    async def user_for_token(self, token_hash: str) -> str | None:
+        """The user of a token hash, or None; notes when the token was last used."""
+        async with self.sessions() as s:
+            row = (await s.exec(select(ApiToken).where(ApiToken.token_hash == token_hash)))\
+                .first()
+            if row is None:
+                return None
+            now = utcnow()
+            last = row.last_used_at
+            if last is not None and last.tzinfo is None:  # SQLite returns naive UTC
+                last = last.replace(tzinfo=now.tzinfo)
+            if last is None or now - last > TOKEN_TOUCH_INTERVAL:
+                await s.exec(update(ApiToken).where(col(ApiToken.id) == row.id)
+                             .values(last_used_at=now))
+                await s.commit()
+            return row.user_id
 
     async def create_chat(self, user_id: str, title: str | None = None,
                           provider: str | None = None, model: str | None = None) -> Chat:
@@ -146,6 +178,12 @@ class Repo:
             chat.title = _title_from(content)
         chat.updated_at = utcnow()
         async with self.sessions() as s:
+            if not await self._may_start(s, user_id):
+                await s.rollback()
+                found = await self._find_sent(chat_id, client_msg_id) if client_msg_id else None
+                if found is None:
+                    raise self._too_many()
+                return found
             s.add_all([user_msg, assistant, gen, chat])
             try:
                 await s.commit()
@@ -162,6 +200,27 @@ class Repo:
                 raise Busy()
             return found
         return Started(chat, gen, assistant, user_msg)
+
+    async def _may_start(self, s: AsyncSession, user_id: str) -> bool:
+        """Whether the user may start one more generation. Locks the user's row first, so
+        concurrent starts by one user (on any process) are checked one after the other: on
+        PostgreSQL `SELECT … FOR UPDATE`; on SQLite a no-op UPDATE, which takes the
+        database's single write lock until this transaction ends."""
+        if self.max_active_per_user is None:
+            return True
+        if s.get_bind().dialect.name == "postgresql":
+            await s.exec(select(User.id).where(User.id == user_id).with_for_update())
+        else:
+            await s.exec(text('UPDATE "user" SET display_name = display_name WHERE id = :u')  # type: ignore[call-overload]
+                         .bindparams(u=user_id))
+        n = await s.exec(select(func.count()).select_from(Generation).where(
+            Generation.user_id == user_id, Generation.status == "active"))
+        return int(n.one()) < self.max_active_per_user
+
+    def _too_many(self) -> TooManyGenerations:
+        n = self.max_active_per_user
+        return TooManyGenerations(f"at most {n} answers may be generating at once; wait for "
+                                  "one to finish or stop one")
 
     async def _find_sent(self, chat_id: str, client_msg_id: str) -> Started | None:
         async with self.sessions() as s:
@@ -181,6 +240,8 @@ class Repo:
         """A new answer to the last (or given) user message."""
         chat = await self.get_chat(user_id, chat_id)
         async with self.sessions() as s:
+            if not await self._may_start(s, user_id):
+                raise self._too_many()
             q = select(Message).where(Message.chat_id == chat_id, Message.role == "user")
             if message_id:
                 q = q.where(Message.id == message_id)
@@ -205,6 +266,8 @@ class Repo:
     async def start_continue(self, user_id: str, gen_id: str, owner: str) -> Started:
         """A new generation appending to the partial answer of a stopped/interrupted/failed one."""
         async with self.sessions() as s:
+            if not await self._may_start(s, user_id):
+                raise self._too_many()
             old = await s.get(Generation, gen_id)
             if old is None or old.user_id != user_id:
                 raise NotFound("generation")
