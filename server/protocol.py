@@ -177,7 +177,8 @@ class Event:
 
     def merged_with(self, later: Event) -> Event:
         """Two deltas of one generation as one frame; its seq is the later one's."""
-        return delta(self.chat, str(self.gen), later.seq, self.data["text"] + later.data["text"])
+        return delta(self.chat, str(self.gen), later.seq, self.data["text"] + later.data["text"],
+                     ts=self.data.get("ts"))
 
 
 def ack(rid: str | None, **result: Any) -> Event:
@@ -205,8 +206,13 @@ def start(chat: str, gen: str, msg: str, provider: str, model: str) -> Event:
                   "provider": provider, "model": model})
 
 
-def delta(chat: str, gen: str, seq: int, text: str) -> Event:
-    return Event({"type": "delta", "chat": chat, "gen": gen, "seq": seq, "text": text})
+def delta(chat: str, gen: str, seq: int, text: str, ts: float | None = None) -> Event:
+    """`ts` (CHATCAST_DEMO_TIMESTAMPS, for benchmarks only): when the provider emitted the
+    chunk, time.time() of the producing process; a merged frame keeps its oldest chunk's."""
+    data: dict[str, Any] = {"type": "delta", "chat": chat, "gen": gen, "seq": seq, "text": text}
+    if ts is not None:
+        data["ts"] = ts
+    return Event(data)
 
 
 def done(chat: str, gen: str, seq: int, status: str, msg: dict[str, Any], *,

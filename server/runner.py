@@ -187,7 +187,9 @@ class Runner:
                     metrics.TTFT.labels(provider).observe(ttft)
                 r.seq += 1
                 r.content += chunk.text
-                if await self._append(r, protocol.delta(r.chat_id, r.gen.id, r.seq, chunk.text)):
+                ts = time.time() if self.settings.demo_timestamps else None
+                if await self._append(r, protocol.delta(r.chat_id, r.gen.id, r.seq, chunk.text,
+                                                        ts)):
                     self.on_stop(r.gen.id)
                     return
                 now = time.monotonic()

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     fallback: str = ""
     demo_tokens_per_s: float = 40.0
     demo_max_tokens: int | None = None
+    demo_timestamps: bool = False  # benchmarks: deltas carry `ts`, when the provider emitted
     openai_api_key: str | None = Field(default=None, validation_alias=_env("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(default=None, validation_alias=_env("OPENAI_BASE_URL"))
     gemini_api_key: str | None = Field(default=None, validation_alias=_env("GEMINI_API_KEY"))
