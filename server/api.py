@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -27,7 +28,11 @@ class OrjsonResponse(JSONResponse):
 
 
 def error_response(exc: ChatcastError) -> Response:
-    return OrjsonResponse({"error": exc.body()}, status_code=exc.http_status)
+    response = OrjsonResponse({"error": exc.body()}, status_code=exc.http_status)
+    retry_after = exc.extra.get("retry_after")
+    if isinstance(retry_after, int | float):
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -237,6 +242,18 @@ async def list_models(request: Request) -> Response:
     return OrjsonResponse({"models": services(request).registry.models()})
 
 
+async def create_ticket(request: Request) -> Response:
+    """
+    summary: A short-lived, single-use ticket for `?ticket=` on /ws and the SSE route
+    responses:
+      201: {description: "{ticket, expires_in}"}
+    """
+    svc, user = services(request), user_id(request)
+    ticket = await svc.auth.issue_ticket(user)
+    return OrjsonResponse({"ticket": ticket, "expires_in": int(svc.settings.ticket_ttl_s)},
+                          status_code=201)
+
+
 # Operations --------------------------------------------------------------------------
 
 async def healthz(request: Request) -> Response:
@@ -277,6 +294,7 @@ ROUTES = [
     Route("/healthz", healthz), Route("/readyz", readyz),
     Route("/metrics", metrics_endpoint, include_in_schema=False),
     Route("/api/models", list_models),
+    Route("/api/tickets", create_ticket, methods=["POST"]),
     Route("/api/chats", create_chat, methods=["POST"]),
     Route("/api/chats", list_chats, methods=["GET"]),
     Route("/api/chats/{chat}", get_chat, methods=["GET"]),

@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from server import api
-from server.auth import Identity, IdentityMiddleware, origin_allowed
+from server.auth import IdentityMiddleware, origin_allowed
 from server.errors import ChatcastError
 from server.services import Services
 from server.settings import Settings
@@ -48,7 +48,10 @@ async def openapi(request: Request) -> Response:
 
 
 class CrossSiteGuard:
-    """Cookie-authenticated unsafe HTTP methods must come from an allowed Origin (CSRF)."""
+    """Cookie-authenticated unsafe HTTP methods must come from an allowed Origin (CSRF).
+    Requests carrying `Authorization: Bearer` are exempt: a cross-site page cannot make a
+    browser send that header (it would need a CORS preflight, which chatcast never grants),
+    and the credential is checked anyway."""
 
     def __init__(self, app: Any, allowed: list[str]) -> None:
         self.app, self.allowed = app, allowed
@@ -56,7 +59,8 @@ class CrossSiteGuard:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             request = Request(scope)
-            if not origin_allowed(request, self.allowed):
+            bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
+            if not bearer and not origin_allowed(request, self.allowed):
                 body = {"code": "unauthorized", "message": "cross-site request refused",
                         "retryable": False}
                 await api.OrjsonResponse({"error": body}, status_code=403)(scope, receive, send)
@@ -78,7 +82,6 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
-    identity = Identity(settings.signing_key())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -100,6 +103,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(CrossSiteGuard, allowed=settings.allowed_origins),
-                    Middleware(IdentityMiddleware, identity=identity)],
+                    Middleware(IdentityMiddleware, anonymous=settings.auth == "anonymous")],
         exception_handlers={ChatcastError: on_chatcast_error, HTTPException: on_http_error},
     )

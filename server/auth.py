@@ -1,24 +1,54 @@
-"""Identity: an anonymous user named by a signed, HttpOnly `chatcast_session` cookie.
+"""Identity: who is calling, in one of three modes (`CHATCAST_AUTH`).
 
-Every tab of a browser shares the cookie and so the user. A request without a valid cookie
-gets a new anonymous user id; the response sets the cookie.
+- `anonymous` (default): a signed, HttpOnly `chatcast_session` cookie names an anonymous
+  user; a request without a valid cookie gets a new user and the cookie. Every tab of a
+  browser shares it. API tokens are accepted too.
+- `token`: `Authorization: Bearer <API token>` (made with `chatcast token create`).
+- `jwt`: `Authorization: Bearer <JWT>` from the app's own login; `sub` is the user id.
+
+In every mode the SSE route and the WebSocket also accept `?ticket=` (a single-use ticket
+from `POST /api/tickets`), for EventSource and browsers that cannot send headers. Bad
+credentials that were presented (bearer, ticket) are refused, never replaced by a new
+anonymous user; in `token` and `jwt` mode, no credentials are refused too (401 / 4001).
 """
 
 from __future__ import annotations
 
+import re
+import secrets
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
+from typing import TYPE_CHECKING
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import metrics
+from server.errors import ChatcastError, Unauthorized
+from server.limits.base import digest
 from store.ids import new_id
+
+if TYPE_CHECKING:
+    from server.jwt_auth import JwtVerifier
+    from server.limits import Limits
+    from server.settings import Settings
+    from store.repo import Repo
 
 COOKIE = "chatcast_session"
 COOKIE_MAX_AGE = 400 * 24 * 3600
+TOKEN_PREFIX = "cc_"
+#: Routes where `?ticket=` is accepted (besides the WebSocket).
+TICKET_PATH = re.compile(r"^/api/chats/[^/]+/events$")
+
+
+def new_api_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 class Identity:
+    """The signed session cookie of anonymous users."""
+
     def __init__(self, secret: str) -> None:
         self._signer = URLSafeSerializer(secret, salt="chatcast-session")
 
@@ -36,30 +66,100 @@ class Identity:
         attrs = f"{COOKIE}={value}; Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly; SameSite=Lax"
         return (attrs + ("; Secure" if secure else "")).encode()
 
-    def resolve(self, conn: HTTPConnection) -> tuple[str, bool]:
-        """(user id, is_new) for a request or WebSocket handshake."""
-        user = self.user_from_cookie(conn.cookies.get(COOKIE))
-        return (user, False) if user else (new_id(), True)
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    via: str  # "cookie", "new" (a new anonymous user: set the cookie), "token", "jwt", "ticket"
+
+    @property
+    def is_new(self) -> bool:
+        return self.via == "new"
+
+
+class Authenticator:
+    def __init__(self, settings: Settings, repo: Repo, limits: Limits) -> None:
+        self.mode = settings.auth
+        self.cookies = Identity(settings.signing_key())
+        self.repo = repo
+        self.limits = limits
+        self.ticket_ttl_s = settings.ticket_ttl_s
+        self.jwt: JwtVerifier | None = None
+        if self.mode == "jwt":
+            from server.jwt_auth import JwtVerifier
+            self.jwt = JwtVerifier(settings)
+
+    async def authenticate(self, conn: HTTPConnection, *, ticket_ok: bool) -> Principal:
+        """Who is calling; raises Unauthorized. Never logs or echoes a credential."""
+        bearer = _bearer(conn.headers.get("authorization"))
+        if bearer is not None:
+            return await self._bearer(bearer)
+        ticket = conn.query_params.get("ticket") if ticket_ok else None
+        if ticket:
+            user = await self.limits.redeem_ticket(ticket)
+            if user is None:
+                raise Unauthorized("invalid, used or expired ticket")
+            return Principal(user, "ticket")
+        if self.mode != "anonymous":
+            raise Unauthorized("credentials required: Authorization: Bearer … or ?ticket=")
+        user = self.cookies.user_from_cookie(conn.cookies.get(COOKIE))
+        return Principal(user, "cookie") if user else Principal(new_id(), "new")
+
+    async def _bearer(self, value: str) -> Principal:
+        if self.jwt is not None:
+            return Principal(self.jwt.verify(value), "jwt")
+        user = await self.repo.user_for_token(digest(value)) \
+            if value.startswith(TOKEN_PREFIX) else None
+        if user is None:
+            raise Unauthorized("invalid API token")
+        return Principal(user, "token")
+
+    async def issue_ticket(self, user_id: str) -> str:
+        return await self.limits.issue_ticket(user_id, self.ticket_ttl_s)
+
+
+def _bearer(header: str | None) -> str | None:
+    if header is None:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None  # another scheme (e.g. a proxy's Basic auth) is not ours
+    return value.strip()  # an empty one is refused like a wrong one
 
 
 class IdentityMiddleware:
-    """Puts `user_id` into the scope's state for HTTP requests and sets the cookie on the
-    response when the user is new. WebSockets resolve identity in their own handshake."""
+    """Puts `user_id` into the scope's state for HTTP requests: every request in anonymous
+    mode (setting the cookie on the response for a new user), `/api/` requests in the other
+    modes. Refusals are 401 JSON errors. WebSockets authenticate in their own handshake."""
 
-    def __init__(self, app: ASGIApp, identity: Identity) -> None:
+    def __init__(self, app: ASGIApp, anonymous: bool) -> None:
         self.app = app
-        self.identity = identity
+        self.anonymous = anonymous
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not (self.anonymous or scope["path"].startswith("/api/")):
             await self.app(scope, receive, send)
             return
-        user_id, is_new = self.identity.resolve(HTTPConnection(scope))
-        scope.setdefault("state", {})["user_id"] = user_id
-        if not is_new:
+        from server.api import error_response
+
+        conn = HTTPConnection(scope)
+        auth: Authenticator = scope["state"]["svc"].auth
+        ticket_ok = scope["method"] == "GET" and bool(TICKET_PATH.match(scope["path"]))
+        try:
+            who = await auth.authenticate(conn, ticket_ok=ticket_ok)
+        except ChatcastError as exc:
+            if isinstance(exc, Unauthorized):
+                metrics.AUTH_REFUSED.inc()
+            response = error_response(exc)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            await response(scope, receive, send)
+            return
+        scope["state"]["user_id"] = who.user_id
+        scope["state"]["auth_via"] = who.via
+        if not who.is_new:
             await self.app(scope, receive, send)
             return
-        cookie = self.identity.cookie_header(user_id, secure=scope.get("scheme") == "https")
+        cookie = auth.cookies.cookie_header(who.user_id, secure=scope.get("scheme") == "https")
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -1,8 +1,9 @@
-"""`chatcast serve | migrate`."""
+"""`chatcast serve | migrate | token create`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging.config
 import sys
 
@@ -77,6 +78,32 @@ def serve(args: argparse.Namespace) -> None:
         ChatcastServer(config).run()
 
 
+async def _create_token(settings: Settings, user: str, name: str) -> str:
+    from server.auth import new_api_token
+    from server.limits.base import digest
+    from store.db import make_engine, session_factory
+    from store.repo import Repo
+
+    engine = make_engine(settings.db_url)
+    try:
+        token = new_api_token()
+        await Repo(session_factory(engine)).create_api_token(user, name, digest(token))
+        return token
+    finally:
+        await engine.dispose()
+
+
+def token(args: argparse.Namespace, settings: Settings) -> None:
+    """Print a new API token for a user (created if new). Only its hash is stored: it is
+    shown this once."""
+    user = args.user.strip()
+    if not 1 <= len(user) <= 64:
+        raise SystemExit("chatcast: --user must be 1-64 characters")
+    _migrate(settings)
+    print(asyncio.run(_create_token(settings, user, args.name or "")))
+    print(f"token for user {user!r}: shown once, keep it secret", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="chatcast", description="Streaming chat server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,12 +112,19 @@ def main(argv: list[str] | None = None) -> None:
     p_serve.add_argument("--port", type=int, default=8000)
     p_serve.add_argument("--workers", type=int, default=1)
     sub.add_parser("migrate", help="apply database migrations")
+    p_token = sub.add_parser("token", help="manage API tokens")
+    token_sub = p_token.add_subparsers(dest="action", required=True)
+    p_create = token_sub.add_parser("create", help="print a new API token (shown once)")
+    p_create.add_argument("--user", required=True, help="user id the token acts as")
+    p_create.add_argument("--name", default="", help="a label to recognise the token by")
     args = parser.parse_args(argv)
     settings = Settings()
     logging.config.dictConfig(log_config(settings.log_level))
     if args.command == "migrate":
         _migrate(settings)
         print("database is up to date", file=sys.stderr)
+    elif args.command == "token":
+        token(args, settings)
     else:
         serve(args)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from server import metrics
+from server.errors import RateLimited
 from server.protocol import check_content
 from server.services import Services
 from store.models import message_dict
@@ -19,9 +21,22 @@ def started_result(started: Started) -> dict[str, Any]:
     return out
 
 
+async def check_rate(svc: Services, user: str) -> None:
+    """Messages per minute per user (send, regenerate and continue each count one): a token
+    bucket holding a minute's worth, shared by every process when Redis is configured."""
+    per_minute = svc.settings.messages_per_minute
+    if per_minute <= 0:
+        return
+    wait = await svc.limits.take(f"msg:{user}", per_minute / 60, max(per_minute, 1))
+    if wait > 0:
+        metrics.RATE_LIMITED.labels("messages").inc()
+        raise RateLimited(wait)
+
+
 async def send(svc: Services, user: str, chat: str, content: str,
                client_msg_id: str | None) -> dict[str, Any]:
     check_content(content, svc.settings.max_message_chars)
+    await check_rate(svc, user)
     return started_result(await svc.runner.send(user, chat, content, client_msg_id))
 
 
@@ -32,8 +47,10 @@ async def stop(svc: Services, user: str, gen: str | None, chat: str | None) -> d
 
 async def regenerate(svc: Services, user: str, chat: str,
                      message: str | None) -> dict[str, Any]:
+    await check_rate(svc, user)
     return started_result(await svc.runner.regenerate(user, chat, message))
 
 
 async def continue_(svc: Services, user: str, gen: str) -> dict[str, Any]:
+    await check_rate(svc, user)
     return started_result(await svc.runner.continue_(user, gen))

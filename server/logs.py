@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -13,6 +14,14 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
                                                                              "asctime"}
 
 
+#: Credentials that may travel in a URL (uvicorn logs WebSocket paths with their query).
+_URL_SECRET = re.compile(r"((?:ticket|token|access_token)=)[^&\s\"']+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    return _URL_SECRET.sub(r"\1***", text)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -20,7 +29,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):

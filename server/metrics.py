@@ -26,6 +26,12 @@ PROVIDER_ERRORS = Counter("chatcast_provider_errors_total", "Provider failures",
                           ["provider", "code"], registry=REGISTRY)
 PROVIDER_RETRIES = Counter("chatcast_provider_retries_total", "Retries before the first token",
                            ["provider"], registry=REGISTRY)
+RATE_LIMITED = Counter("chatcast_limited_total",
+                       "Requests refused by a limit (frames, messages, generations, sockets)",
+                       ["limit"], registry=REGISTRY)
+AUTH_REFUSED = Counter("chatcast_auth_refused_total",
+                       "Requests and handshakes refused for missing or invalid credentials",
+                       registry=REGISTRY)
 
 
 def render() -> bytes:

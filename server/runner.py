@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,8 +298,9 @@ class Runner:
 
     # Orphans -------------------------------------------------------------------------
 
-    async def maintain(self) -> None:
-        """Keep this process's leases alive and reap other processes' dead generations.
+    async def maintain(self, may_reap: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """Keep this process's leases alive and reap other processes' dead generations
+        (only while `may_reap()` says so: one process of a deployment sweeps at a time).
 
         Leases live L/2 (L = lease_ttl_s) and are refreshed every L/6, independently of
         token flow. A generation is reaped only when its lease is missing on two checks in a
@@ -310,7 +312,8 @@ class Runner:
             for running in list(self.running.values()):
                 await self._refresh_lease(running)
             try:
-                await self.reap_orphans()
+                if may_reap is None or await may_reap():
+                    await self.reap_orphans()
             except Exception:
                 log.exception("orphan sweep failed")
 

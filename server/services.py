@@ -12,10 +12,11 @@ from starlette.requests import HTTPConnection
 
 from providers import Registry
 from server import lifecycle
-from server.auth import Identity
-from server.bus.base import Bus
+from server.auth import Authenticator
+from server.bus.base import Bus, BusUnavailable
 from server.codes import Close
 from server.hub import Hub, Subscriber
+from server.limits import Limits
 from server.replay import Replay
 from server.runner import Runner
 from server.settings import Settings
@@ -37,6 +38,16 @@ def make_bus(settings: Settings) -> Bus:
     raise ValueError(f"unsupported bus URL {url!r}: use memory:// or redis://")
 
 
+def make_limits(bus: Bus) -> Limits:
+    """Limits shared the way the bus is: through Redis (on the bus's connection pool) when
+    the bus is Redis, else in this process."""
+    if bus.__class__.__name__ == "RedisBus":
+        from server.limits.redis import RedisLimits
+        return RedisLimits(bus.client)  # type: ignore[attr-defined]
+    from server.limits.memory import MemoryLimits
+    return MemoryLimits()
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -46,9 +57,12 @@ class Services:
     hub: Hub
     runner: Runner
     replay: Replay
-    identity: Identity
+    limits: Limits
+    auth: Authenticator
     engine: AsyncEngine
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Open WebSockets per user on this process (for max_sockets_per_user).
+    sockets: dict[str, int] = field(default_factory=dict)
     _maintenance: asyncio.Task[None] | None = None
 
     def subscriber(self, transport: str) -> Subscriber:
@@ -58,21 +72,39 @@ class Services:
     @classmethod
     async def start(cls, settings: Settings) -> Services:
         engine = make_engine(settings.db_url)
-        repo = Repo(session_factory(engine))
+        repo = Repo(session_factory(engine),
+                    max_active_per_user=settings.max_generations_per_user)
         bus = make_bus(settings)
         registry = Registry.from_settings(settings)
         replay = Replay(repo, bus, settings.history_page_size)
         hub = Hub(bus, replay.catch_up)
         runner = Runner(settings, repo, bus, registry)
         await bus.start(hub.on_event, runner.on_stop, on_reconnect=hub.resync_all)
-        svc = cls(settings, repo, bus, registry, hub, runner, replay,
-                  Identity(settings.signing_key()), engine)
+        limits = make_limits(bus)
+        try:
+            auth = Authenticator(settings, repo, limits)
+        except ValueError:
+            await bus.close()
+            await engine.dispose()
+            raise
+        svc = cls(settings, repo, bus, registry, hub, runner, replay, limits, auth, engine)
         lifecycle.on_shutdown_begin(svc.begin_shutdown)
-        svc._maintenance = asyncio.create_task(runner.maintain(), name="runner-maintenance")
-        log.info("chatcast ready", extra={"bus": bus.__class__.__name__,
+        svc._maintenance = asyncio.create_task(runner.maintain(may_reap=svc.lead_cleanup),
+                                               name="runner-maintenance")
+        log.info("chatcast ready", extra={"bus": bus.__class__.__name__, "auth": settings.auth,
                                           "provider": registry.default,
                                           "database": engine.url.get_backend_name()})
         return svc
+
+    async def lead_cleanup(self) -> bool:
+        """Whether this process runs the periodic cleanup (the orphan sweep) now: one
+        process per deployment holds the lock and keeps it while it lives; another takes
+        over within two sweep periods after it dies."""
+        ttl = self.settings.lease_ttl_s / 3  # two sweeps (one every lease_ttl_s / 6)
+        try:
+            return await self.limits.lead("cleanup", self.bus.owner, ttl)
+        except BusUnavailable:
+            return False  # nothing is reaped while the bus is down anyway
 
     async def begin_shutdown(self) -> None:
         """Stop taking clients: readiness fails, every connection is told 1001."""

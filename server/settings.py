@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from store.db import normalize_url, sqlite_url
+
+log = logging.getLogger("chatcast")
 
 
 def _env(name: str) -> AliasChoices:
@@ -27,8 +30,15 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
 
     # Identity
+    auth: Literal["anonymous", "token", "jwt"] = "anonymous"
     secret_key: str | None = None
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_file: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    ticket_ttl_s: float = 60.0
 
     # Providers
     provider: str | None = None
@@ -56,6 +66,12 @@ class Settings(BaseSettings):
     outbox_max_frames: int = 256
     outbox_max_bytes: int = 1 << 20
     max_subscriptions_per_socket: int = 100
+    messages_per_minute: float = 30.0
+    max_generations_per_user: int = 3
+    max_sockets_per_user: int = 20
+    ws_frames_per_s: float = 20.0
+    ws_frame_burst: int = 100
+    ws_idle_timeout_s: float = 300.0
 
     # Timing
     checkpoint_interval_s: float = 1.0
@@ -95,4 +111,6 @@ class Settings(BaseSettings):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(secrets.token_urlsafe(48))
             path.chmod(0o600)
+            log.info("generated a new signing key (set CHATCAST_SECRET_KEY to choose one)",
+                     extra={"path": str(path.resolve())})
         return path.read_text().strip()

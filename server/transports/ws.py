@@ -12,6 +12,7 @@ from server.auth import origin_allowed
 from server.codes import Close, Code
 from server.errors import BadRequest, ChatcastError
 from server.hub import Subscriber
+from server.limits import TokenBucket
 from server.protocol import (
     Continue,
     Ping,
@@ -23,6 +24,7 @@ from server.protocol import (
     Unsubscribe,
 )
 from server.services import Services, services
+from server.transports.admission import admit, release, retry_after_reason
 
 log = logging.getLogger("chatcast.ws")
 
@@ -36,20 +38,19 @@ async def ws_endpoint(ws: WebSocket) -> None:
         log.info("websocket refused: foreign origin", extra={"origin": ws.headers.get("origin")})
         await ws.close(Close.POLICY)  # before accept: the handshake is answered 403
         return
-    user, is_new = svc.identity.resolve(ws)
-    headers = None
-    if is_new:
-        secure = ws.url.scheme == "wss"
-        headers = [(b"set-cookie", svc.identity.cookie_header(user, secure=secure))]
-    await ws.accept(headers=headers)
+    user = await admit(ws, svc)
+    if user is None:
+        return
     sub = svc.subscriber("ws")
     svc.hub.attach(sub)
     metrics.CLIENTS.labels("ws").inc()
     try:
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(_write(ws, sub, svc))
-            await _read(ws, sub, svc, user)
+            closing = await _read(ws, sub, svc, user)
             writer.cancel()
+        if closing is not None:  # the writer is gone: nothing else sends on the socket
+            await ws.close(*closing)
     except* WebSocketDisconnect:
         pass
     finally:
@@ -73,11 +74,36 @@ async def _write(ws: WebSocket, sub: Subscriber, svc: Services) -> None:
             return
 
 
-async def _read(ws: WebSocket, sub: Subscriber, svc: Services, user: str) -> None:
+async def _read(ws: WebSocket, sub: Subscriber, svc: Services,
+                user: str) -> tuple[int, str] | None:
+    """Handle frames until the client leaves (None) or must be closed: (code, reason)."""
+    try:
+        return await _read_frames(ws, sub, svc, user)
+    finally:
+        release(svc, user)
+
+
+async def _read_frames(ws: WebSocket, sub: Subscriber, svc: Services,
+                       user: str) -> tuple[int, str] | None:
+    settings = svc.settings
+    bucket = TokenBucket(settings.ws_frames_per_s, settings.ws_frame_burst)
     while True:
-        message = await ws.receive()
+        # A socket that watches no chat and sends nothing for the idle timeout is closed
+        # with 1001 (a real client reconnects when it needs to; an idle one costs nothing).
+        idle = settings.ws_idle_timeout_s if not sub.chats and \
+            settings.ws_idle_timeout_s > 0 else None
+        try:
+            async with asyncio.timeout(idle):
+                message = await ws.receive()
+        except TimeoutError:
+            return Close.GOING_AWAY, "idle: no frames and no subscriptions"
         if message["type"] == "websocket.disconnect":
-            return
+            return None
+        wait = bucket.take()
+        if wait > 0:
+            log.warning("websocket rate limited", extra={"user": user})
+            metrics.RATE_LIMITED.labels("frames").inc()
+            return Close.RATE_LIMITED, retry_after_reason(max(wait, 1.0))
         raw = message.get("text")
         if raw is None:
             raw = message.get("bytes") or b""

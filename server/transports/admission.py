@@ -1,0 +1,69 @@
+"""Who may open a WebSocket: identity from the handshake and the per-user socket limit.
+
+Refusals after the Origin check are sent as close frames after accepting (4001 without
+valid credentials, 4029 over the socket limit), because a browser cannot see the HTTP status
+of a refused handshake: it would only report 1006 and reconnect blindly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from starlette.websockets import WebSocket
+
+from server import metrics
+from server.codes import Close
+from server.errors import ChatcastError, Unauthorized
+from server.services import Services
+
+log = logging.getLogger("chatcast.ws")
+
+#: When a client over the socket limit should try again (it may close another tab first).
+SOCKETS_RETRY_AFTER_S = 10.0
+
+
+def retry_after_reason(seconds: float) -> str:
+    """The close reason of a 4029: `{"retry_after": s}` (read by clients/js/backoff.js)."""
+    return orjson.dumps({"retry_after": round(seconds, 3)}).decode()
+
+
+async def admit(ws: WebSocket, svc: Services) -> str | None:
+    """Authenticate, count and accept the socket; its user, or None if it was refused.
+    An admitted socket holds one of its user's slots until `release`."""
+    try:
+        who = await svc.auth.authenticate(ws, ticket_ok=True)
+    except ChatcastError as exc:
+        code = Close.UNAUTHORIZED if isinstance(exc, Unauthorized) else Close.INTERNAL
+        log.info("websocket refused", extra={"code": int(code), "reason": exc.message})
+        metrics.AUTH_REFUSED.inc()
+        await ws.accept()
+        await ws.close(code, exc.message)
+        return None
+    user = who.user_id
+    open_now = svc.sockets.get(user, 0)
+    if open_now >= svc.settings.max_sockets_per_user:
+        log.info("websocket refused: too many sockets", extra={"user": user})
+        metrics.RATE_LIMITED.labels("sockets").inc()
+        await ws.accept()
+        await ws.close(Close.RATE_LIMITED, retry_after_reason(SOCKETS_RETRY_AFTER_S))
+        return None
+    svc.sockets[user] = open_now + 1
+    headers = None
+    if who.is_new:
+        cookie = svc.auth.cookies.cookie_header(user, secure=ws.url.scheme == "wss")
+        headers = [(b"set-cookie", cookie)]
+    try:
+        await ws.accept(headers=headers)
+    except BaseException:
+        release(svc, user)
+        raise
+    return user
+
+
+def release(svc: Services, user: str) -> None:
+    left = svc.sockets.get(user, 0) - 1
+    if left > 0:
+        svc.sockets[user] = left
+    else:
+        svc.sockets.pop(user, None)
