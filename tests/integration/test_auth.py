@@ -125,10 +125,9 @@ async def test_anonymous_mode_refuses_bad_presented_credentials(srv: ServerProce
         cookie = http.cookies["chatcast_session"]
         ticket = await ticket_for(http)  # an anonymous user may take tickets too
         chat = (await http.post("/api/chats", json={})).json()["id"]
-    async with httpx.AsyncClient(base_url=srv.url) as anon:
-        async with SSEClient(anon, f"/api/chats/{chat}/events",
-                             params={"ticket": ticket}) as sse:
-            assert (await sse.wait_for("snapshot"))["chat"] == chat
+    async with httpx.AsyncClient(base_url=srv.url) as anon, \
+            SSEClient(anon, f"/api/chats/{chat}/events", params={"ticket": ticket}) as sse:
+        assert (await sse.wait_for("snapshot"))["chat"] == chat
     await assert_refused(srv, bearer("cc_not-a-token"))
     ws = await WSClient.connect(f"{srv.ws_url}?ticket=tk_forged")
     assert await ws.wait_closed() == 4001
