@@ -172,7 +172,7 @@ async def test_jwt_hs256(server: ServerFactory) -> None:
            _jwt(SECRET, aud="someone-else"),                      # wrong audience
            _jwt(SECRET, sub=None),                                # no subject
            _jwt(SECRET, sub="x" * 65),                            # not a user id
-           jwt.encode({"sub": "user-42", "exp": int(time.time()) + 60}, None,
+           jwt.encode({"sub": "user-42", "exp": int(time.time()) + 60}, "",
                       algorithm="none"),                          # unsigned
            "not.a.jwt"]
     for token in bad:
