@@ -306,6 +306,16 @@ class Repo:
                          .values(last_seq=seq))
             await s.commit()
 
+    async def checkpoint_many(self, items: list[tuple[str, str, str, int]]) -> None:
+        """Checkpoints of several generations, (gen, message, content, seq) each, in one
+        transaction (ORM bulk UPDATE by primary key: one executemany per table)."""
+        async with self.sessions() as s:
+            await s.exec(update(Message), params=[{"id": m, "content": c}
+                                                  for _, m, c, _ in items])
+            await s.exec(update(Generation), params=[{"id": g, "last_seq": q}
+                                                     for g, _, _, q in items])
+            await s.commit()
+
     async def finish(self, gen_id: str, status: str, content: str, seq: int, *,
                      usage: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
                      meta: dict[str, Any] | None = None, only_if_active: bool = False,
