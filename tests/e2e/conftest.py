@@ -97,4 +97,6 @@ def rate() -> int:
 @pytest.fixture
 async def app(server: Callable[..., Any], rate: int) -> Any:
     """A started chatcast server with the offline demo model at `rate` tokens/s."""
-    return await server(env={"CHATCAST_DEMO_TOKENS_PER_S": str(rate)})
+    # the XSS corpus sends more messages in a minute than the default per-user limit
+    return await server(env={"CHATCAST_DEMO_TOKENS_PER_S": str(rate),
+                             "CHATCAST_MESSAGES_PER_MINUTE": "1000"})

@@ -39,7 +39,9 @@ async def cluster(server: ServerFactory, redis_server: Callable[[], RedisServer]
     redis = redis_server()
     env = {"REDIS_URL": redis.url, "DATABASE_URL": make_database("postgresql"),
            "CHATCAST_DEMO_TOKENS_PER_S": "25", "CHATCAST_LEASE_TTL_S": str(LEASE_S),
-           "CHATCAST_CHECKPOINT_INTERVAL_S": "0.5"}
+           "CHATCAST_CHECKPOINT_INTERVAL_S": "0.5",
+           # one user runs 50 streams at once here (row 15), far above the default limits
+           "CHATCAST_MAX_GENERATIONS_PER_USER": "100", "CHATCAST_MESSAGES_PER_MINUTE": "1000"}
     a, b = await asyncio.gather(server(env=env), server(env=env))
     return Cluster(redis, a, b, env)
 
