@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -34,12 +33,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(data_dir: Path, env: dict[str, str],
+                 cpu: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    full_env = {**os.environ, "CHATCAST_DATA_DIR": str(data_dir),
-                "CHATCAST_SECRET_KEY": "bench", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-                            env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from benchmarks.procs import clean_env
+
+    full_env = clean_env({"CHATCAST_DATA_DIR": str(data_dir), "CHATCAST_SECRET_KEY": "bench",
+                          **env})
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+    if cpu is not None:
+        cmd = ["taskset", "-c", cpu, *cmd]
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -80,18 +85,24 @@ async def trial(port_a: int, port_b: int, cookie: str, chat: str) -> tuple[float
         return ta * 1000, tb * 1000
 
 
-async def run(trials: int, redis_url: str | None) -> dict[str, Any]:
+async def run(trials: int, redis_url: str | None, cpu: str | None = None) -> dict[str, Any]:
+    """`cpu`: pin the server processes to these cores (taskset list)."""
+    from benchmarks.procs import BENCH_LIMITS
+
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"CHATCAST_DEMO_TOKENS_PER_S": "50"}
+        env = {"CHATCAST_DEMO_TOKENS_PER_S": "50",
+               **{f"CHATCAST_{k}": v for k, v in BENCH_LIMITS.items()}}
         if redis_url:
             env["REDIS_URL"] = redis_url
             env["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp}/shared.db"
-        subprocess.run([sys.executable, "-m", "server.cli", "migrate"], check=True,
-                       env={**os.environ, "CHATCAST_DATA_DIR": tmp, **env},
+        from benchmarks.procs import clean_env
+
+        subprocess.run([sys.executable, "-m", "server.cli", "migrate"], check=True,  # noqa: ASYNC221
+                       env=clean_env({"CHATCAST_DATA_DIR": tmp, **env}),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs = [start_server(Path(tmp), env)]
+        procs = [start_server(Path(tmp), env, cpu)]
         if redis_url:
-            procs.append(start_server(Path(tmp), env))
+            procs.append(start_server(Path(tmp), env, cpu))
         port_a, port_b = procs[0][1], procs[-1][1]
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port_a}") as http:

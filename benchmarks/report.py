@@ -1,0 +1,245 @@
+"""bench.json → bench.md (tables, targets) and PNG plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+BASE = "baseline (websockets)"
+MEM = "memory bus, 1 process"
+R1 = "Redis bus, 1 process"
+R2 = "Redis bus, 2 processes"
+
+
+def _fmt(x: Any, nd: int = 1) -> str:
+    if isinstance(x, float) and math.isnan(x):
+        return "–"
+    if isinstance(x, int | float):
+        return f"{x:,.{nd}f}"
+    return str(x)
+
+
+def _spread(s: dict[str, float], nd: int = 1) -> str:
+    return f"{_fmt(s['median'], nd)} ({_fmt(s['min'], nd)}–{_fmt(s['max'], nd)})"
+
+
+def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, how, met) for every target the run can judge."""
+    sc = res["scenarios"]
+    out: list[tuple[str, str, str, bool | None]] = []
+    if "fanout" in sc:
+        s = sc["fanout"]["summary"]
+        base = s[BASE]["cpu_us_per_frame"]["median"]
+        for label, limit in ((R2, 1.6), (R1, 1.6), (MEM, 1.3)):
+            ratio = s[label]["cpu_us_per_frame"]["median"] / base
+            out.append((f"CPU per delivered frame, {label} ≤ {limit}× baseline",
+                        f"{ratio:.2f}×", "scenario 1, medians", ratio <= limit))
+        p99 = s[R2]["latency_p99_ms"]["median"]
+        out.append(("p99 delivery latency ≤ 5 ms (Redis, 2 processes)", f"{p99:.2f} ms",
+                    "scenario 1, median of runs", p99 <= 5))
+    if "saturation" in sc:
+        best = sc["saturation"]["systems"].get(MEM, {}).get("max_frames_per_s", 0.0)
+        out.append(("saturation ≥ 30,000 frames/s per process", f"{best:,.0f} frames/s",
+                    "scenario 2, highest load with p99 lateness ≤ 100 ms", best >= 30000))
+    if "coalescing" in sc:
+        s = sc["coalescing"]["summary"]
+        on, base = s["chatcast, coalescing on"], s[BASE]
+        ratio = on["tokens_per_s"]["median"] / base["tokens_per_s"]["median"]
+        p99 = on["lateness_p99_ms"]["median"]
+        out.append(("≥ 2× baseline delivered tokens/s at R=200 (coalescing), p99 ≤ 50 ms",
+                    f"{ratio:.2f}×, p99 {p99:.0f} ms", "scenario 3",
+                    ratio >= 2 and p99 <= 50))
+    if "idle" in sc:
+        kib = sc["idle"][MEM]["kib_per_socket"]
+        out.append(("≤ 26 KiB per idle subscribed socket", f"{kib:.1f} KiB", "scenario 4",
+                    kib <= 26))
+    if "ttft_stop" in sc:
+        p99 = sc["ttft_stop"]["stop_redis_2_processes"]["other_tab"]["p99_ms"]
+        out.append(("stop p99 ≤ 250 ms across processes", f"{p99:.1f} ms", "scenario 5",
+                    p99 <= 250))
+    return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+    sc = res["scenarios"]
+    m = res["machine"]
+    lines = [f"# chatcast benchmarks — {res['started']}", "",
+             f"{m['cpus']} CPUs, Python {m['python']}, kernel {m['kernel']}; servers pinned to "
+             f"core {m['server_cpu']}, load generator (and Redis) to core {m['loadgen_cpu']}; "
+             f"commit {m['commit']}; {res['repeats']} repeats, median (min–max)"
+             f"{'; QUICK run' if res['quick'] else ''}. Total {res.get('elapsed_s', '?')} s.",
+             ""]
+    lines += ["## Targets", "", "| target | measured | where | met |", "|---|---|---|---|"]
+    for target, measured, how, met in targets(res):
+        lines.append(f"| {target} | {measured} | {how} | "
+                     f"{'yes' if met else 'no' if met is not None else '–'} |")
+    if "fanout" in sc:
+        f = sc["fanout"]
+        s = f["summary"]
+        base = s[BASE]["cpu_us_per_frame"]["median"]
+        lines += ["", f"## 1. Fan-out: {f['gens']} generations × {f['tabs']} tabs, "
+                  f"R = {f['rate']:g} tokens/s", "",
+                  "| system | CPU µs / frame | × baseline | frames/s | latency p50 ms | "
+                  "latency p99 ms | lateness p99 ms | server CPU | Redis round trips / "
+                  "token | exact |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for label, v in s.items():
+            ratio = v["cpu_us_per_frame"]["median"] / base
+            rt = v.get("redis_round_trips_per_token")
+            lines.append(
+                f"| {label} | {_spread(v['cpu_us_per_frame'])} | {ratio:.2f} | "
+                f"{_fmt(v['frames_per_s']['median'], 0)} | {_spread(v['latency_p50_ms'], 2)} | "
+                f"{_spread(v['latency_p99_ms'], 2)} | {_spread(v['lateness_p99_ms'], 1)} | "
+                f"{_fmt(v['server_cpu_util']['median'] * 100, 0)} % | "
+                f"{_spread(rt, 2) if rt else '–'} | {'yes' if v['correct'] else 'NO'} |")
+        for label in (R1, R2):
+            runs = f["runs"].get(label) or []
+            if runs and "redis" in runs[-1]:
+                r = runs[-1]["redis"]
+                cmds = ", ".join(f"{k} {v}" for k, v in sorted(r["commands"].items())
+                                 if k != "total")
+                lines.append(f"\nRedis commands, {label} (last run, {r['produced_tokens']} "
+                             f"tokens produced): {cmds}; {r['commands_per_token']} commands "
+                             f"and {r['round_trips_per_token']} round trips per produced "
+                             f"token, {r['round_trips_per_delivered_token']} per delivered "
+                             "token.")
+    if "saturation" in sc:
+        s = sc["saturation"]
+        lines += ["", f"## 2. Saturation (R = {s['rate']:g}, {s['tabs']} tabs per generation, "
+                  f"1 process, until p99 lateness > {s['limit_ms']} ms)", "",
+                  "| system | generations | offered frames/s | delivered frames/s | "
+                  "lateness p99 ms | server CPU | load generator CPU |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, v in s["systems"].items():
+            for p in v["points"]:
+                lines.append(f"| {label} | {p['gens']} | {_fmt(p['offered_frames_per_s'], 0)} "
+                             f"| {_fmt(p['frames_per_s'], 0)} | "
+                             f"{_fmt(p['lateness_ms']['p99'])} | "
+                             f"{_fmt(p['server_cpu_util'] * 100, 0)} % | "
+                             f"{_fmt(p['loadgen_cpu_util'] * 100, 0)} % |")
+        lines.append("")
+        for label, v in s["systems"].items():
+            lines.append(f"- {label}: **{v['max_frames_per_s']:,.0f} frames/s** sustained "
+                         "within the latency limit")
+    if "coalescing" in sc:
+        c = sc["coalescing"]
+        lines += ["", f"## 3. High rate: R = {c['rate']:g}, {c['gens']} generations × "
+                  f"{c['tabs']} tabs (offered {c['offered_tokens_per_s']:,.0f} tokens/s to "
+                  "clients)", "",
+                  "| system | delivered tokens/s | frames/s | CPU µs / token | lateness p99 ms "
+                  "| latency p99 ms | server CPU | exact |", "|---|---|---|---|---|---|---|---|"]
+        for label, v in c["summary"].items():
+            lines.append(f"| {label} | {_spread(v['tokens_per_s'], 0)} | "
+                         f"{_fmt(v['frames_per_s']['median'], 0)} | "
+                         f"{_spread(v['cpu_us_per_token'])} | {_spread(v['lateness_p99_ms'])} | "
+                         f"{_spread(v['latency_p99_ms'])} | "
+                         f"{_fmt(v['server_cpu_util']['median'] * 100, 0)} % | "
+                         f"{'yes' if v['correct'] else 'NO'} |")
+    if "idle" in sc:
+        i = sc["idle"]
+        lines += ["", f"## 4. Idle: {i['sockets']:,} open subscribed sockets", "",
+                  "| system | RSS before MiB | RSS after MiB | per socket |", "|---|---|---|---|"]
+        for label in (BASE, MEM):
+            if label in i:
+                v = i[label]
+                lines.append(f"| {label} | {v['rss_before_mib']} | {v['rss_after_mib']} | "
+                             f"{v['kib_per_socket']} KiB |")
+    if "ttft_stop" in sc:
+        t = sc["ttft_stop"]
+        lines += ["", f"## 5. Time to first token and stop ({t['trials']} trials)", "",
+                  "| system | client TTFT p50 / p99 ms | provider's own p50 / p99 ms | "
+                  "overhead p50 / p99 ms |", "|---|---|---|---|"]
+        for label in (BASE, MEM):
+            if label in t:
+                v = t[label]
+                prov = v.get("provider_ttft_ms")
+                over = v.get("overhead_ms")
+                prov_s = f"{prov['p50']} / {prov['p99']}" if prov else "≈ 0 (demo)"
+                over_s = f"{over['p50']} / {over['p99']}" if over else "–"
+                lines.append(
+                    f"| {label} | {v['client_ttft_ms']['p50']} / {v['client_ttft_ms']['p99']} | "
+                    f"{prov_s} | {over_s} |")
+        lines += ["", "| stop (frame on tab B → done on both tabs) | stopping tab p50 / p99 ms "
+                  "| other tab p50 / p99 ms |", "|---|---|---|"]
+        for key, label in (("stop_memory_1_process", "memory bus, 1 process"),
+                           ("stop_redis_2_processes", "Redis bus, 2 processes (across)")):
+            if key in t:
+                v = t[key]
+                lines.append(f"| {label} | {v['stopping_tab']['p50_ms']} / "
+                             f"{v['stopping_tab']['p99_ms']} | {v['other_tab']['p50_ms']} / "
+                             f"{v['other_tab']['p99_ms']} |")
+    if "slow" in sc:
+        s = sc["slow"]
+        a, b = s["without"], s["with_slow_tab"]
+        x = b["extra"]
+        lines += ["", f"## 6. Slow consumer ({s['gens']} generations × {s['tabs']} tabs, plus "
+                  "one tab watching every chat that stops reading)", "",
+                  "| | others' latency p50 / p99 ms | lateness p99 ms | server CPU µs / frame "
+                  "| exact |", "|---|---|---|---|---|",
+                  f"| without the slow tab | {a['latency_ms']['p50']} / {a['latency_ms']['p99']} "
+                  f"| {a['lateness_ms']['p99']} | {a['cpu_us_per_frame']} | {a['correct']} |",
+                  f"| with the slow tab | {b['latency_ms']['p50']} / {b['latency_ms']['p99']} "
+                  f"| {b['lateness_ms']['p99']} | {b['cpu_us_per_frame']} | {b['correct']} |",
+                  "", f"The slow tab was closed with code {x.get('slow_close_code')}; server "
+                  f"RSS {x.get('rss_first_mib')} MiB when it stopped reading, at most "
+                  f"{x.get('rss_max_mib')} MiB afterwards."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(res: dict[str, Any], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the `bench` extra is not installed: tables only
+        return []
+    made: list[str] = []
+    sc = res["scenarios"]
+    if "fanout" in sc:
+        s = sc["fanout"]["summary"]
+        labels = list(s)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, key, title in ((axes[0], "cpu_us_per_frame", "server CPU µs per delivered frame"),
+                               (axes[1], "latency_p99_ms", "delivery latency p99 (ms)")):
+            med = [s[label][key]["median"] for label in labels]
+            lo = [m - s[label][key]["min"] for m, label in zip(med, labels, strict=True)]
+            hi = [s[label][key]["max"] - m for m, label in zip(med, labels, strict=True)]
+            ax.bar(range(len(labels)), med, yerr=[lo, hi], capsize=4,
+                   color=["#888"] + ["#2a7ab9"] * (len(labels) - 1))
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels([label.replace(", ", "\n") for label in labels], fontsize=8)
+            ax.set_title(title)
+        f = sc["fanout"]
+        fig.suptitle(f"Fan-out: {f['gens']} generations × {f['tabs']} tabs at "
+                     f"{f['rate']:g} tokens/s (median, min–max)")
+        fig.tight_layout()
+        fig.savefig(out / "fanout.png", dpi=110)
+        plt.close(fig)
+        made.append("fanout.png")
+    if "saturation" in sc:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for label, v in sc["saturation"]["systems"].items():
+            xs = [p["offered_frames_per_s"] for p in v["points"]]
+            axes[0].plot(xs, [p["frames_per_s"] for p in v["points"]], "o-", label=label)
+            axes[1].plot(xs, [p["lateness_ms"]["p99"] for p in v["points"]], "o-", label=label)
+        axes[0].set_title("delivered frames/s (1 process)")
+        axes[1].set_title("p99 lateness vs schedule (ms)")
+        axes[1].set_yscale("log")
+        axes[1].axhline(100, color="red", lw=0.8, ls="--")
+        for ax in axes:
+            ax.set_xlabel("offered frames/s")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "saturation.png", dpi=110)
+        plt.close(fig)
+        made.append("saturation.png")
+    return made
+
+
+def write(res: dict[str, Any], out: Path) -> None:
+    made = plots(res, out)
+    text = markdown(res)
+    if made:
+        text += "\n" + "\n".join(f"![{name}]({name})" for name in made) + "\n"
+    (out / "bench.md").write_text(text)

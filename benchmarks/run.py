@@ -1,0 +1,357 @@
+"""Run every benchmark scenario against chatcast and the bare `websockets` baseline, in one go,
+and write benchmarks/results/bench.{json,md} and the plots.
+
+    python -m benchmarks.run                 # all scenarios, ~6-8 minutes on 2 cores
+    python -m benchmarks.run --quick         # smaller and shorter (a minute or two)
+    python -m benchmarks.run --only fanout,idle --repeats 5
+
+Servers run on core 0 (`--server-cpu`), this process (the load generator, and Redis) on
+core 1 (`--loadgen-cpu`). Figures are ratios against the baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from benchmarks import loadgen, procs, report
+from benchmarks.loadgen import Target, stats
+
+RESULTS = Path(__file__).parent / "results"
+SCENARIOS = ("fanout", "saturation", "coalescing", "idle", "ttft_stop", "slow")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.cpu: str = args.server_cpu
+        self.log = tmp / "servers.log"
+        self.quick: bool = args.quick
+
+    def chatcast(self, label: str, *, processes: int = 1, rate: float,
+                 redis: procs.Redis | None = None,
+                 extra: dict[str, str] | None = None) -> procs.Server:
+        data = Path(tempfile.mkdtemp(dir=self.tmp))
+        return procs.start_chatcast(label, data, processes=processes, rate=rate,
+                                    redis_url=redis.url if redis else None, cpu=self.cpu,
+                                    log=self.log, extra=extra)
+
+    def baseline(self, rate: float) -> procs.Server:
+        return procs.start_baseline(rate, self.cpu, self.log)
+
+    def redis(self) -> procs.Redis:
+        return procs.Redis(self.args.loadgen_cpu, Path(tempfile.mkdtemp(dir=self.tmp)))
+
+    # Scenario 1 -----------------------------------------------------------------------
+
+    async def fanout(self) -> dict[str, Any]:
+        gens, tabs, rate = (30, 3, 50.0) if self.quick else (100, 3, 50.0)
+        window = 3.0 if self.quick else 5.0
+        redis = self.redis()
+        systems = [self.baseline(rate), self.chatcast("memory bus, 1 process", rate=rate),
+                   self.chatcast("Redis bus, 1 process", rate=rate, redis=redis),
+                   self.chatcast("Redis bus, 2 processes", processes=2, rate=rate,
+                                 redis=redis)]
+        runs: dict[str, list[dict[str, Any]]] = {s.label: [] for s in systems}
+        try:
+            for rep in range(self.args.repeats):
+                for server in systems:  # interleaved, so drifting machine noise hits all
+                    target = Target(server.kind, server.ports)
+                    uses_redis = server.kind == "chatcast" and "Redis" in server.label
+                    before = redis.commandstats() if uses_redis else {}
+                    r = await loadgen.fanout_run(target, server.cpu, gens=gens, tabs=tabs,
+                                                 rate=rate, window_s=window)
+                    d = r.as_dict()
+                    if uses_redis:
+                        after = redis.commandstats()
+                        d["redis"] = _redis_per_token(before, after, gens,
+                                                      r.extra["tokens_per_gen"], tabs)
+                    runs[server.label].append(d)
+                    print(f"  fanout {rep + 1}/{self.args.repeats} {server.label}: "
+                          f"{r.cpu_us_per_frame} us/frame, latency p99 "
+                          f"{r.latency_ms['p99']} ms, correct={r.correct}", flush=True)
+        finally:
+            for server in systems:
+                server.stop()
+            redis.stop()
+        return {"gens": gens, "tabs": tabs, "rate": rate, "runs": runs,
+                "summary": {label: _summarise(rs) for label, rs in runs.items()}}
+
+    # Scenario 2 -----------------------------------------------------------------------
+
+    async def saturation(self) -> dict[str, Any]:
+        rate, tabs = 50.0, 3
+        steps = [50, 100, 200] if self.quick else [100, 200, 300, 400, 500, 600, 800, 1000]
+        out: dict[str, Any] = {"rate": rate, "tabs": tabs, "limit_ms": 100, "systems": {}}
+        for kind in ("baseline", "chatcast"):
+            server = self.baseline(rate) if kind == "baseline" else \
+                self.chatcast("memory bus, 1 process", rate=rate)
+            points: list[dict[str, Any]] = []
+            try:
+                for gens in steps:
+                    r = await loadgen.fanout_run(Target(server.kind, server.ports), server.cpu,
+                                                 gens=gens, tabs=tabs, rate=rate,
+                                                 window_s=3.0 if self.quick else 4.0,
+                                                 warmup_s=1.5, drain_timeout_s=15)
+                    point = {"gens": gens, "offered_frames_per_s": gens * tabs * rate,
+                             "frames_per_s": r.frames_per_s, "lateness_ms": r.lateness_ms,
+                             "latency_ms": r.latency_ms, "server_cpu_util": r.server_cpu_util,
+                             "loadgen_cpu_util": r.loadgen_cpu_util, "correct": r.correct}
+                    points.append(point)
+                    print(f"  saturation {server.label} {gens} gens: {r.frames_per_s} "
+                          f"frames/s, lateness p99 {r.lateness_ms['p99']} ms, "
+                          f"cpu {r.server_cpu_util}", flush=True)
+                    if r.lateness_ms["p99"] > 100 or r.server_cpu_util > 0.97:
+                        break
+            finally:
+                server.stop()
+            ok = [p for p in points if p["lateness_ms"]["p99"] <= 100]
+            best = max((p["frames_per_s"] for p in ok), default=0.0)
+            out["systems"][server.label] = {"points": points, "max_frames_per_s": best}
+        return out
+
+    # Scenario 3 -----------------------------------------------------------------------
+
+    async def coalescing(self) -> dict[str, Any]:
+        rate = 200.0
+        gens, tabs = (20, 5) if self.quick else (100, 5)
+        window = 3.0 if self.quick else 4.0
+        runs: dict[str, list[dict[str, Any]]] = {}
+        systems = [self.baseline(rate), self.chatcast("chatcast, coalescing on", rate=rate)]
+        try:
+            for rep in range(self.args.repeats):
+                for server in systems:
+                    r = await loadgen.fanout_run(Target(server.kind, server.ports), server.cpu,
+                                                 gens=gens, tabs=tabs, rate=rate,
+                                                 window_s=window, drain_timeout_s=20)
+                    runs.setdefault(server.label, []).append(r.as_dict())
+                    print(f"  coalescing {rep + 1} {server.label}: {r.tokens_per_s} tokens/s, "
+                          f"{r.frames_per_s} frames/s, lateness p99 {r.lateness_ms['p99']} ms",
+                          flush=True)
+        finally:
+            for server in systems:
+                server.stop()
+        return {"gens": gens, "tabs": tabs, "rate": rate,
+                "offered_tokens_per_s": gens * tabs * rate, "runs": runs,
+                "summary": {label: _summarise(rs) for label, rs in runs.items()}}
+
+    # Scenario 4 -----------------------------------------------------------------------
+
+    async def idle(self) -> dict[str, Any]:
+        sockets = 500 if self.quick else 5000
+        out: dict[str, Any] = {"sockets": sockets}
+        for server in (self.baseline(50), self.chatcast("memory bus, 1 process", rate=50)):
+            try:
+                target = Target(server.kind, server.ports)
+                warm = await loadgen.open_idle(target, 50, 5)  # code paths and pools warmed
+                await asyncio.sleep(1)
+                before = server.rss()
+                tabs = await loadgen.open_idle(target, sockets, 100)
+                await asyncio.sleep(2)
+                after = server.rss()
+                for tab in tabs + warm:
+                    tab.close()
+            finally:
+                server.stop()
+            per = (after - before) / sockets
+            out[server.label] = {"rss_before_mib": round(before / 2**20, 1),
+                                 "rss_after_mib": round(after / 2**20, 1),
+                                 "bytes_per_socket": round(per),
+                                 "kib_per_socket": round(per / 1024, 2)}
+            print(f"  idle {server.label}: {per / 1024:.1f} KiB per socket", flush=True)
+        return out
+
+    # Scenario 5 -----------------------------------------------------------------------
+
+    async def ttft_stop(self) -> dict[str, Any]:
+        from benchmarks import stop_latency
+
+        trials = 10 if self.quick else 30
+        out: dict[str, Any] = {"trials": trials}
+        for server in (self.baseline(50), self.chatcast("memory bus, 1 process", rate=50)):
+            try:
+                target = Target(server.kind, server.ports)
+                got = await loadgen.ttft_trials(target, trials, 50)
+                provider_ms: list[float] = []
+                if server.kind == "chatcast":
+                    provider_ms = await _provider_ttft(server.ports[0], target.cookie or "",
+                                                       got)
+            finally:
+                server.stop()
+            client_ms = [g["ttft_ms"] for g in got]
+            entry = {"client_ttft_ms": _pct(client_ms)}
+            if provider_ms:
+                entry["provider_ttft_ms"] = _pct(provider_ms)
+                entry["overhead_ms"] = _pct([c - p for c, p in
+                                             zip(client_ms, provider_ms, strict=True)])
+            out[server.label] = entry
+            print(f"  ttft {server.label}: {entry}", flush=True)
+        redis = self.redis()
+        try:
+            out["stop_memory_1_process"] = await stop_latency.run(trials, None, cpu=self.cpu)
+            out["stop_redis_2_processes"] = await stop_latency.run(trials, redis.url,
+                                                                   cpu=self.cpu)
+        finally:
+            redis.stop()
+        print(f"  stop across processes: {out['stop_redis_2_processes']['other_tab']}",
+              flush=True)
+        return out
+
+    # Scenario 6 -----------------------------------------------------------------------
+
+    async def slow(self) -> dict[str, Any]:
+        gens, tabs, rate = (30, 3, 50.0) if self.quick else (100, 3, 50.0)
+        server = self.chatcast("memory bus, 1 process", rate=rate)
+        try:
+            target = Target(server.kind, server.ports)
+            plain = await loadgen.fanout_run(target, server.cpu, gens=gens, tabs=tabs,
+                                             rate=rate, window_s=6.0)
+            slow = await loadgen.fanout_run(target, server.cpu, gens=gens, tabs=tabs,
+                                            rate=rate, window_s=6.0, slow_tab=server.rss)
+        finally:
+            server.stop()
+        print(f"  slow consumer: others' latency p99 {plain.latency_ms['p99']} → "
+              f"{slow.latency_ms['p99']} ms; slow tab closed "
+              f"{slow.extra.get('slow_close_code')}; RSS max {slow.extra.get('rss_max_mib')} "
+              "MiB", flush=True)
+        return {"gens": gens, "tabs": tabs, "rate": rate, "without": plain.as_dict(),
+                "with_slow_tab": slow.as_dict()}
+
+
+def _pct(xs: list[float]) -> dict[str, float]:
+    return {"p50": round(loadgen.percentile(xs, 50), 2),
+            "p99": round(loadgen.percentile(xs, 99), 2), "max": round(max(xs), 2)}
+
+
+async def _provider_ttft(port: int, cookie: str, got: list[dict[str, Any]]) -> list[float]:
+    """The provider's own time to first token, as the runner recorded it (metadata)."""
+    import httpx
+
+    out: list[float] = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        for g in got:
+            r = await http.get(f"/api/generations/{g['gen']}",
+                               headers={"Cookie": cookie})
+            meta = r.json().get("metadata") or {} if r.status_code == 200 else {}
+            out.append(float(meta.get("ttft_ms", 0.0)))
+    return out
+
+
+def _redis_per_token(before: dict[str, int], after: dict[str, int], gens: int,
+                     tokens_per_gen: int, tabs: int) -> dict[str, Any]:
+    calls = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    calls = {k: v for k, v in calls.items() if v > 0}
+    produced = gens * tokens_per_gen
+    round_trips = calls.get("evalsha", 0) + calls.get("eval", 0)
+    return {"commands": calls, "produced_tokens": produced,
+            "round_trips_per_token": round(round_trips / produced, 3),
+            "commands_per_token": round(calls.get("total", 0) / produced, 3),
+            "round_trips_per_delivered_token": round(round_trips / (produced * tabs), 3)}
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def col(path: str) -> list[float]:
+        vals = []
+        for r in runs:
+            v: Any = r
+            for part in path.split("."):
+                v = v[part]
+            vals.append(float(v))
+        return vals
+
+    out: dict[str, Any] = {name: stats(col(path)) for name, path in (
+        ("cpu_us_per_frame", "cpu_us_per_frame"), ("cpu_us_per_token", "cpu_us_per_token"),
+        ("frames_per_s", "frames_per_s"), ("tokens_per_s", "tokens_per_s"),
+        ("latency_p50_ms", "latency_ms.p50"), ("latency_p99_ms", "latency_ms.p99"),
+        ("lateness_p99_ms", "lateness_ms.p99"), ("server_cpu_util", "server_cpu_util"),
+        ("loadgen_cpu_util", "loadgen_cpu_util"))}
+    out["correct"] = all(r["correct"] for r in runs)
+    if runs and "redis" in runs[0]:
+        out["redis_round_trips_per_token"] = stats(
+            [r["redis"]["round_trips_per_token"] for r in runs])
+        out["redis_commands_per_token"] = stats(
+            [r["redis"]["commands_per_token"] for r in runs])
+    return out
+
+
+@contextlib.contextmanager
+def _affinity(cpu: str) -> Iterator[None]:
+    old = os.sched_getaffinity(0)
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {int(c) for c in cpu.split(",")})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+def _raise_nofile(want: int = 20000) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    chosen = args.only.split(",") if args.only else list(SCENARIOS)
+    out: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "kernel": platform.release(), "server_cpu": args.server_cpu,
+                    "loadgen_cpu": args.loadgen_cpu,
+                    "commit": _git("rev-parse", "--short", "HEAD"),
+                    "dirty_files": _git("status", "--porcelain", "--untracked-files=no")
+                    .count("\n") + 1 if _git("status", "--porcelain",
+                                               "--untracked-files=no") else 0},
+        "quick": args.quick, "repeats": args.repeats, "scenarios": {}}
+    with tempfile.TemporaryDirectory(prefix="chatcast-bench-") as tmp:
+        bench = Bench(args, Path(tmp))
+        for name in chosen:
+            t0 = time.monotonic()
+            print(f"== {name}", flush=True)
+            out["scenarios"][name] = await getattr(bench, name)()
+            out["scenarios"][name]["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return out
+
+
+def _git(*argv: str) -> str:
+    r = subprocess.run(["git", "-C", str(procs.REPO), *argv], capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small loads, short windows")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="", help=f"comma-separated: {','.join(SCENARIOS)}")
+    parser.add_argument("--server-cpu", default="0")
+    parser.add_argument("--loadgen-cpu", default="1")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    _raise_nofile()
+    started = time.monotonic()
+    with _affinity(args.loadgen_cpu):
+        result = uvloop.run(run_all(args))
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    report.write(result, args.out)
+    print(f"results in {args.out} ({result['elapsed_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
