@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from server import metrics
+from server import metrics, protocol
 from server.bus.base import Bus
 from server.codes import Close
 from server.protocol import Cursor, Event
@@ -37,14 +37,37 @@ class _ChatView:
     finished: set[str] = field(default_factory=set)  # gens whose done was delivered
 
 
+MERGE_WINDOW = 8  # how far back a delta looks for its generation's queued delta
+
+
+class _Merged:
+    """Consecutive deltas of one generation queued for a busy client, joined only when
+    sent (so merging stays linear however long the client stalls)."""
+
+    __slots__ = ("chat", "gen", "parts", "seq")
+    type = "delta"
+
+    def __init__(self, first: Event) -> None:
+        self.chat, self.gen, self.seq = first.chat, first.gen, first.seq
+        self.parts: list[str] = [first.data["text"]]
+
+    def add(self, later: Event) -> None:
+        self.parts.append(later.data["text"])
+        self.seq = later.seq
+
+    def event(self) -> Event:
+        return protocol.delta(self.chat, str(self.gen), self.seq, "".join(self.parts))
+
+
 class Subscriber:
     def __init__(self, transport: str, max_frames: int = 256, max_bytes: int = 1 << 20) -> None:
         self.transport = transport
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self.outbox: deque[Event] = deque()
+        self.outbox: deque[Event | _Merged] = deque()
         self.queued_bytes = 0
         self.overflowed = False
+        self.overflow = asyncio.Event()  # set once, when the outbox overflowed
         self.close_code: int | None = None  # set when the server closes this connection
         self.on_gap: Callable[[Subscriber, str], None] | None = None
         self.chats: dict[str, _ChatView] = {}
@@ -112,18 +135,36 @@ class Subscriber:
     def _enqueue(self, event: Event) -> None:
         if self.overflowed:
             return
-        tail = self.outbox[-1] if self.outbox else None
-        if (tail is not None and event.type == "delta" and tail.type == "delta"
-                and tail.gen == event.gen):
-            merged = tail.merged_with(event)
-            self.queued_bytes += len(merged.encode()) - len(tail.encode())
-            self.outbox[-1] = merged
-            metrics.COALESCED.inc()
-        else:
-            self.outbox.append(event)
-            self.queued_bytes += len(event.encode())
+        if event.type == "delta":
+            pending = self._pending_delta(str(event.gen))
+            if pending is not None:  # the client is busy: merge instead of queueing more
+                pending.add(event)
+                self.queued_bytes += len(event.data["text"])
+                metrics.COALESCED.inc()
+                self._check_bounds()
+                return
+        self.outbox.append(event)
+        self.queued_bytes += len(event.encode())
+        self._check_bounds()
+
+    def _pending_delta(self, gen: str) -> _Merged | None:
+        """The queued delta of `gen` that a new delta may join: searched from the tail over
+        other generations' deltas only (their relative order does not matter; anything else,
+        e.g. a snapshot or done, must keep its place)."""
+        for i in range(len(self.outbox) - 1, max(len(self.outbox) - 1 - MERGE_WINDOW, -1), -1):
+            queued = self.outbox[i]
+            if queued.type != "delta":
+                return None
+            if queued.gen == gen:
+                if isinstance(queued, Event):
+                    queued = self.outbox[i] = _Merged(queued)
+                return queued
+        return None
+
+    def _check_bounds(self) -> None:
         if len(self.outbox) > self.max_frames or self.queued_bytes > self.max_bytes:
             self.overflowed = True
+            self.overflow.set()
             self.outbox.clear()
             self.queued_bytes = 0
             metrics.SLOW_CLOSES.inc()
@@ -142,7 +183,11 @@ class Subscriber:
         while not self.outbox and not self.overflowed and self.close_code is None:
             self._ready.clear()
             await self._ready.wait()
-        batch = list(self.outbox)
+        return self.drain()
+
+    def drain(self) -> list[Event]:
+        """Everything queued, now (merged deltas joined)."""
+        batch = [e.event() if isinstance(e, _Merged) else e for e in self.outbox]
         self.outbox.clear()
         self.queued_bytes = 0
         return batch

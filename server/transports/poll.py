@@ -51,8 +51,7 @@ async def poll_endpoint(request: Request) -> JSONResponse:
                 events = await sub.next_batch()
         if events and not sub.overflowed:
             await asyncio.sleep(LINGER_S)
-            events += list(sub.outbox)
-            sub.outbox.clear()
+            events += sub.drain()
     finally:
         svc.hub.drop(sub)
         metrics.CLIENTS.labels("poll").dec()

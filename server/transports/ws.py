@@ -28,6 +28,8 @@ from server.transports.admission import admit, release, retry_after_reason
 
 log = logging.getLogger("chatcast.ws")
 
+CLOSE_TIMEOUT_S = 5.0
+
 
 async def ws_endpoint(ws: WebSocket) -> None:
     svc = services(ws)
@@ -47,15 +49,35 @@ async def ws_endpoint(ws: WebSocket) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(_write(ws, sub, svc))
+            guard = tg.create_task(_guard(ws, sub, writer))
             closing = await _read(ws, sub, svc, user)
             writer.cancel()
+            guard.cancel()
         if closing is not None:  # the writer is gone: nothing else sends on the socket
             await ws.close(*closing)
-    except* WebSocketDisconnect:
+    except* (WebSocketDisconnect, SlowConsumer):
         pass
     finally:
         svc.hub.drop(sub)
         metrics.CLIENTS.labels("ws").dec()
+
+
+class SlowConsumer(Exception):
+    """The client did not read its close frame in time: drop the connection."""
+
+
+async def _guard(ws: WebSocket, sub: Subscriber, writer: asyncio.Task[None]) -> None:
+    """Close an overflowing subscriber with 4008 even while the writer is blocked on a
+    socket the client no longer reads; if even the close frame cannot go out, give up on
+    the connection (its queue was already freed)."""
+    await sub.overflow.wait()
+    writer.cancel()
+    log.warning("slow consumer closed", extra={"transport": "ws"})
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await ws.close(Close.SLOW_CONSUMER, "slow consumer: resume from your cursor")
+    except TimeoutError:
+        raise SlowConsumer() from None
 
 
 async def _write(ws: WebSocket, sub: Subscriber, svc: Services) -> None:
@@ -63,9 +85,7 @@ async def _write(ws: WebSocket, sub: Subscriber, svc: Services) -> None:
     while True:
         batch = await sub.next_batch()
         if sub.overflowed:
-            log.warning("slow consumer closed", extra={"transport": "ws"})
-            await ws.close(Close.SLOW_CONSUMER, "slow consumer: resume from your cursor")
-            return
+            await asyncio.Event().wait()  # the guard closes the socket and cancels us
         for event in batch:
             await ws.send_text(event.text())
         frames.inc(len(batch))

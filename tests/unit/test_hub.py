@@ -25,20 +25,31 @@ def test_busy_subscriber_gets_merged_deltas_with_exact_text() -> None:
     ready(sub)
     for seq in range(1, 101):
         sub.deliver(delta("g", seq, f"{seq} "))
-    batch = list(sub.outbox)
+    batch = sub.drain()
     assert len(batch) == 1 and batch[0].seq == 100
     assert batch[0].data["text"] == "".join(f"{i} " for i in range(1, 101))
 
 
-def test_interleaved_generations_overflow_and_memory_is_released() -> None:
-    sub = Subscriber("test", max_frames=16, max_bytes=1 << 20)
+def test_interleaved_generations_merge_per_generation() -> None:
+    sub = Subscriber("test", max_frames=16)
     ready(sub)
     for seq in range(1, 200):
         for gen in ("a", "b", "c"):
-            sub.deliver(delta(gen, seq))
+            sub.deliver(delta(gen, seq, gen))
+    batch = sub.drain()
+    assert [(e.gen, e.seq, e.data["text"]) for e in batch] == \
+        [(g, 199, g * 199) for g in ("a", "b", "c")]
+
+
+def test_overflow_frees_memory() -> None:
+    sub = Subscriber("test", max_frames=16, max_bytes=1 << 20)
+    ready(sub)
+    for seq in range(1, 40):  # one frame per generation: nothing to merge with
+        sub.deliver(protocol.start("c", f"g{seq}", "m", "demo", "demo-1"))
         if sub.overflowed:
             break
-    assert sub.overflowed and not sub.outbox and sub.queued_bytes == 0
+    assert sub.overflowed and sub.overflow.is_set()
+    assert not sub.outbox and sub.queued_bytes == 0
     sub.deliver(delta("a", 500))
     assert not sub.outbox  # nothing more is queued for a subscriber being closed
 
@@ -62,7 +73,7 @@ def test_duplicates_dropped_and_gap_resyncs() -> None:
         sub.deliver(delta("g", seq))
     sub.deliver(delta("g", 7))  # 4..6 missing
     assert gaps == ["c"]
-    frames = list(sub.outbox)
+    frames = sub.drain()
     assert [f.type for f in frames] == ["start", "delta"] and frames[1].seq == 3
 
 
