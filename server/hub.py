@@ -44,11 +44,12 @@ class _Merged:
     """Consecutive deltas of one generation queued for a busy client, joined only when
     sent (so merging stays linear however long the client stalls)."""
 
-    __slots__ = ("chat", "gen", "parts", "seq")
+    __slots__ = ("chat", "gen", "parts", "seq", "ts")
     type = "delta"
 
     def __init__(self, first: Event) -> None:
         self.chat, self.gen, self.seq = first.chat, first.gen, first.seq
+        self.ts = first.data.get("ts")  # benchmarks: the oldest merged chunk's emit time
         self.parts: list[str] = [first.data["text"]]
 
     def add(self, later: Event) -> None:
@@ -56,7 +57,8 @@ class _Merged:
         self.seq = later.seq
 
     def event(self) -> Event:
-        return protocol.delta(self.chat, str(self.gen), self.seq, "".join(self.parts))
+        return protocol.delta(self.chat, str(self.gen), self.seq, "".join(self.parts),
+                              ts=self.ts)
 
 
 class Subscriber:

@@ -175,11 +175,6 @@ class Event:
     def decode(cls, raw: bytes) -> Event:
         return cls(orjson.loads(raw), raw)
 
-    def merged_with(self, later: Event) -> Event:
-        """Two deltas of one generation as one frame; its seq is the later one's."""
-        return delta(self.chat, str(self.gen), later.seq, self.data["text"] + later.data["text"],
-                     ts=self.data.get("ts"))
-
 
 def ack(rid: str | None, **result: Any) -> Event:
     return Event({"type": "ack", "rid": rid, **result})

@@ -102,16 +102,11 @@ class Repo:
 
     async def get_chat(self, user_id: str, chat_id: str) -> Chat:
         async with self.sessions() as s:
-            chat = await s.get(Chat, chat_id)
-        if chat is None or chat.user_id != user_id:
-            raise NotFound("chat")
-        return chat
+            return await _owned_chat(s, user_id, chat_id)
 
     async def update_chat(self, user_id: str, chat_id: str, changes: dict[str, Any]) -> Chat:
         async with self.sessions() as s:
-            chat = await s.get(Chat, chat_id)
-            if chat is None or chat.user_id != user_id:
-                raise NotFound("chat")
+            chat = await _owned_chat(s, user_id, chat_id)
             for key, value in changes.items():
                 setattr(chat, key, value)
             chat.updated_at = utcnow()
@@ -121,9 +116,7 @@ class Repo:
 
     async def delete_chat(self, user_id: str, chat_id: str) -> None:
         async with self.sessions() as s:
-            chat = await s.get(Chat, chat_id)
-            if chat is None or chat.user_id != user_id:
-                raise NotFound("chat")
+            chat = await _owned_chat(s, user_id, chat_id)
             if await self._active_generation(s, chat_id) is not None:
                 raise Busy()
             for model in (Generation, Message):
@@ -395,6 +388,15 @@ class Repo:
             n = await s.exec(select(func.count()).select_from(Generation).where(
                 Generation.user_id == user_id, Generation.status == "active"))
             return int(n.one())
+
+
+async def _owned_chat(s: AsyncSession, user_id: str, chat_id: str) -> Chat:
+    """The chat if it belongs to the user; another user's chat is not found, like a
+    missing one (never reveal that it exists)."""
+    chat = await s.get(Chat, chat_id)
+    if chat is None or chat.user_id != user_id:
+        raise NotFound("chat")
+    return chat
 
 
 def _title_from(content: str) -> str:
