@@ -27,9 +27,10 @@ from providers import (
 )
 from providers.history import trim_history
 from server import metrics, protocol
-from server.bus.base import Bus, BusUnavailable
+from server.bus.base import Bus, BusUnavailable, publish_done
 from server.codes import Code
 from server.errors import NotFound
+from server.reaper import Reaper
 from server.settings import Settings
 from store.models import Generation, Message, message_dict
 from store.repo import Repo, Started
@@ -47,7 +48,6 @@ class Running:
     content: str
     seq: int = 0
     stop_requested: bool = False
-    interrupted: bool = False
     pump: asyncio.Task[None] | None = None
     usage: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -66,7 +66,7 @@ class Runner:
         self.registry = registry
         self.running: dict[str, Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._missing: set[str] = set()  # gens whose lease was missing at the last check
+        self.reaper = Reaper(repo, bus, self.running)
         self._checkpoints: asyncio.Task[None] | None = None
         # Orders checkpoints before final writes (a late checkpoint never overwrites them).
         self._write_lock = asyncio.Lock()
@@ -269,7 +269,7 @@ class Runner:
         metrics.ACTIVE_GENERATIONS.dec()
         metrics.GENERATIONS.labels(status).inc()
         if msg is not None:
-            await self._publish_done(r.chat_id, r.gen.id, r.seq, status, message_dict(msg),
+            await publish_done(self.bus, r.chat_id, r.gen.id, r.seq, status, message_dict(msg),
                                      r.usage, error, lost=r.log if r.log_lost else None)
         with contextlib.suppress(BusUnavailable):
             await self.bus.drop_lease(r.gen.id)
@@ -294,28 +294,7 @@ class Runner:
         log.error("final content could not be written", extra={"gen": r.gen.id})
         return None
 
-    async def _publish_done(self, chat_id: str, gen_id: str, seq: int, status: str,
-                            msg: dict[str, Any], usage: dict[str, Any] | None,
-                            error: dict[str, Any] | None,
-                            lost: list[protocol.Event] | None = None) -> None:
-        """Publish `done` (after the final content is in SQL). If the bus is down, retry for
-        a while; subscribers that miss it resynchronise from SQL when the bus is back."""
-        event = protocol.done(chat_id, gen_id, seq + 1, status, msg, usage=usage, err=error)
-        delay = 0.25
-        for _ in range(12):
-            try:
-                if lost is not None:
-                    await self.bus.restore_log(gen_id, lost)
-                    lost = None
-                await self.bus.append(event)
-                await self.bus.end_log(gen_id)
-                return
-            except BusUnavailable:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        log.error("done not published: bus unavailable", extra={"gen": gen_id, "chat": chat_id})
-
-    # Orphans -------------------------------------------------------------------------
+    # Leases and orphans --------------------------------------------------------------
 
     async def maintain(self, may_reap: Callable[[], Awaitable[bool]] | None = None) -> None:
         """Keep this process's leases alive and reap other processes' dead generations
@@ -332,55 +311,9 @@ class Runner:
                 await self._refresh_lease(running)
             try:
                 if may_reap is None or await may_reap():
-                    await self.reap_orphans()
+                    await self.reaper.sweep()
             except Exception:
                 log.exception("orphan sweep failed")
-
-    async def reap_orphans(self) -> int:
-        """Mark active generations whose owner's lease is gone (twice) as interrupted."""
-        reaped = 0
-        missing, self._missing = self._missing, set()
-        for gen in await self.repo.active_generations():
-            if gen.id in self.running:
-                continue
-            try:
-                if await self.bus.lease_owner(gen.id) is not None:
-                    continue
-            except BusUnavailable:
-                return reaped  # cannot tell now; nothing is reaped while the bus is down
-            if gen.id not in missing:
-                self._missing.add(gen.id)  # confirm on the next check
-                continue
-            content, seq = await self._recover_text(gen)
-            final = await self.repo.finish(gen.id, "interrupted", content, seq,
-                                           meta=gen.meta, only_if_active=True)
-            if final is None:
-                continue  # someone else finished it
-            reaped += 1
-            log.warning("generation interrupted: its owner is gone",
-                        extra={"gen": gen.id, "chat": gen.chat_id, "owner": gen.owner})
-            await self._publish_done(gen.chat_id, gen.id, seq, "interrupted",
-                                     message_dict(final), None, None)
-        return reaped
-
-    async def _recover_text(self, gen: Generation) -> tuple[str, int]:
-        """A dead owner's text: the SQL checkpoint plus whatever the log has after it, so
-        what tabs already showed is kept."""
-        active = await self.repo.active_with_message(gen.chat_id)
-        if active is None or active[0].id != gen.id:
-            msg = await self.repo.get_message(gen.message_id)
-            return (msg.content if msg else ""), gen.last_seq
-        checkpoint, msg = active
-        content, seq = msg.content, checkpoint.last_seq
-        try:
-            tail = await self.bus.read_log(gen.id, seq) or []
-        except BusUnavailable:
-            tail = []
-        for event in tail:
-            if event.type == "delta" and event.seq == seq + 1:
-                content += event.data["text"]
-                seq = event.seq
-        return content, seq
 
     async def close(self, grace_s: float) -> None:
         """Let running generations finish within the grace period, then interrupt the rest."""

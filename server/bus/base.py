@@ -11,9 +11,13 @@ A process calls `start(on_event, on_stop)` once. After that:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
+from server import protocol
 from server.codes import Code
 from server.errors import ChatcastError
 from server.protocol import Event
@@ -21,6 +25,8 @@ from server.protocol import Event
 EventHandler = Callable[[Event], None]
 StopHandler = Callable[[str], None]
 ReconnectHandler = Callable[[], None]
+
+log = logging.getLogger("chatcast.bus")
 
 
 class BusUnavailable(ChatcastError):
@@ -93,3 +99,25 @@ class Bus(ABC):
 
     @abstractmethod
     async def drop_lease(self, gen: str) -> None: ...
+
+
+async def publish_done(bus: Bus, chat_id: str, gen_id: str, seq: int, status: str,
+                       msg: dict[str, Any], usage: dict[str, Any] | None,
+                       error: dict[str, Any] | None,
+                       lost: list[protocol.Event] | None = None) -> None:
+    """Publish `done` (after the final content is in SQL). If the bus is down, retry for
+    a while; subscribers that miss it resynchronise from SQL when the bus is back."""
+    event = protocol.done(chat_id, gen_id, seq + 1, status, msg, usage=usage, err=error)
+    delay = 0.25
+    for _ in range(12):
+        try:
+            if lost is not None:
+                await bus.restore_log(gen_id, lost)
+                lost = None
+            await bus.append(event)
+            await bus.end_log(gen_id)
+            return
+        except BusUnavailable:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    log.error("done not published: bus unavailable", extra={"gen": gen_id, "chat": chat_id})

@@ -1,0 +1,68 @@
+"""Orphans: generations whose owning process died. They are marked `interrupted`, keep the
+text tabs already saw, and their subscribers get `done{interrupted}`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Container
+
+from server.bus.base import Bus, BusUnavailable, publish_done
+from store.models import Generation, message_dict
+from store.repo import Repo
+
+log = logging.getLogger("chatcast.runner")
+
+
+class Reaper:
+    def __init__(self, repo: Repo, bus: Bus, local: Container[str]) -> None:
+        self.repo = repo
+        self.bus = bus
+        self.local = local  # generations this process runs itself
+        self._missing: set[str] = set()  # gens whose lease was missing at the last check
+
+    async def sweep(self) -> int:
+        """Interrupt active generations whose owner's lease is gone on two sweeps in a row
+        (a living owner re-creates a lease lost with Redis before the second)."""
+        reaped = 0
+        missing, self._missing = self._missing, set()
+        for gen in await self.repo.active_generations():
+            if gen.id in self.local:
+                continue
+            try:
+                if await self.bus.lease_owner(gen.id) is not None:
+                    continue
+            except BusUnavailable:
+                return reaped  # cannot tell now; nothing is reaped while the bus is down
+            if gen.id not in missing:
+                self._missing.add(gen.id)  # confirm on the next sweep
+                continue
+            content, seq = await self._recover_text(gen)
+            final = await self.repo.finish(gen.id, "interrupted", content, seq,
+                                           meta=gen.meta, only_if_active=True)
+            if final is None:
+                continue  # someone else finished it
+            reaped += 1
+            log.warning("generation interrupted: its owner is gone",
+                        extra={"gen": gen.id, "chat": gen.chat_id, "owner": gen.owner})
+            await publish_done(self.bus, gen.chat_id, gen.id, seq, "interrupted",
+                               message_dict(final), None, None)
+        return reaped
+
+    async def _recover_text(self, gen: Generation) -> tuple[str, int]:
+        """A dead owner's text: the SQL checkpoint plus whatever the log has after it, so
+        what tabs already showed is kept."""
+        active = await self.repo.active_with_message(gen.chat_id)
+        if active is None or active[0].id != gen.id:
+            msg = await self.repo.get_message(gen.message_id)
+            return (msg.content if msg else ""), gen.last_seq
+        checkpoint, msg = active
+        content, seq = msg.content, checkpoint.last_seq
+        try:
+            tail = await self.bus.read_log(gen.id, seq) or []
+        except BusUnavailable:
+            tail = []
+        for event in tail:
+            if event.type == "delta" and event.seq == seq + 1:
+                content += event.data["text"]
+                seq = event.seq
+        return content, seq
