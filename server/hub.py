@@ -69,7 +69,7 @@ class Subscriber:
         self.outbox: deque[Event | _Merged] = deque()
         self.queued_bytes = 0
         self.overflowed = False
-        self.overflow = asyncio.Event()  # set once, when the outbox overflowed
+        self.on_overflow: Callable[[], object] | None = None  # the transport's alarm
         self.close_code: int | None = None  # set when the server closes this connection
         self.on_gap: Callable[[Subscriber, str], None] | None = None
         self.chats: dict[str, _ChatView] = {}
@@ -166,7 +166,8 @@ class Subscriber:
     def _check_bounds(self) -> None:
         if len(self.outbox) > self.max_frames or self.queued_bytes > self.max_bytes:
             self.overflowed = True
-            self.overflow.set()
+            if self.on_overflow is not None:
+                self.on_overflow()
             self.outbox.clear()
             self.queued_bytes = 0
             metrics.SLOW_CLOSES.inc()

@@ -49,10 +49,9 @@ async def ws_endpoint(ws: WebSocket) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(_write(ws, sub, svc))
-            guard = tg.create_task(_guard(ws, sub, writer))
+            sub.on_overflow = writer.cancel  # even a writer blocked on an unread socket
             closing = await _read(ws, sub, svc, user)
             writer.cancel()
-            guard.cancel()
         if closing is not None:  # the writer is gone: nothing else sends on the socket
             await ws.close(*closing)
     except* (WebSocketDisconnect, SlowConsumer):
@@ -66,32 +65,33 @@ class SlowConsumer(Exception):
     """The client did not read its close frame in time: drop the connection."""
 
 
-async def _guard(ws: WebSocket, sub: Subscriber, writer: asyncio.Task[None]) -> None:
-    """Close an overflowing subscriber with 4008 even while the writer is blocked on a
-    socket the client no longer reads; if even the close frame cannot go out, give up on
-    the connection (its queue was already freed)."""
-    await sub.overflow.wait()
-    writer.cancel()
+async def _write(ws: WebSocket, sub: Subscriber, svc: Services) -> None:
+    frames = metrics.FRAMES_SENT.labels("ws")
+    try:
+        while not sub.overflowed:
+            batch = await sub.next_batch()
+            for event in batch:
+                await ws.send_text(event.text())
+            frames.inc(len(batch))
+            if sub.close_code is not None:
+                await ws.close(sub.close_code, "server shutting down: reconnect")
+                return
+    except asyncio.CancelledError:
+        if not sub.overflowed:
+            raise
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()  # our own cancel, from the overflow: handled below
+    # The outbox overflowed (and was freed): close with 4008, or drop the connection if even
+    # the close frame cannot go out because the client reads nothing.
     log.warning("slow consumer closed", extra={"transport": "ws"})
     try:
         async with asyncio.timeout(CLOSE_TIMEOUT_S):
             await ws.close(Close.SLOW_CONSUMER, "slow consumer: resume from your cursor")
     except TimeoutError:
         raise SlowConsumer() from None
-
-
-async def _write(ws: WebSocket, sub: Subscriber, svc: Services) -> None:
-    frames = metrics.FRAMES_SENT.labels("ws")
-    while True:
-        batch = await sub.next_batch()
-        if sub.overflowed:
-            await asyncio.Event().wait()  # the guard closes the socket and cancels us
-        for event in batch:
-            await ws.send_text(event.text())
-        frames.inc(len(batch))
-        if sub.close_code is not None:
-            await ws.close(sub.close_code, "server shutting down: reconnect")
-            return
+    except RuntimeError:  # a close frame had already gone out (e.g. shutting down)
+        raise SlowConsumer() from None
 
 
 async def _read(ws: WebSocket, sub: Subscriber, svc: Services,

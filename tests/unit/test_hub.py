@@ -41,15 +41,17 @@ def test_interleaved_generations_merge_per_generation() -> None:
         [(g, 199, g * 199) for g in ("a", "b", "c")]
 
 
-def test_overflow_frees_memory() -> None:
+def test_overflow_frees_memory_and_raises_the_alarm() -> None:
     sub = Subscriber("test", max_frames=16, max_bytes=1 << 20)
+    alarms: list[bool] = []
+    sub.on_overflow = lambda: alarms.append(True)
     ready(sub)
     for seq in range(1, 40):  # one frame per generation: nothing to merge with
         sub.deliver(protocol.start("c", f"g{seq}", "m", "demo", "demo-1"))
         if sub.overflowed:
             break
-    assert sub.overflowed and sub.overflow.is_set()
-    assert not sub.outbox and sub.queued_bytes == 0
+    assert sub.overflowed
+    assert not sub.outbox and sub.queued_bytes == 0 and alarms == [True]
     sub.deliver(delta("a", 500))
     assert not sub.outbox  # nothing more is queued for a subscriber being closed
 
