@@ -1,4 +1,4 @@
-"""`chatcast serve | migrate | token create`."""
+"""`chatcast serve | migrate | token create | token list | token revoke`."""
 
 from __future__ import annotations
 
@@ -78,30 +78,43 @@ def serve(args: argparse.Namespace) -> None:
         ChatcastServer(config).run()
 
 
-async def _create_token(settings: Settings, user: str, name: str) -> str:
+async def _token_command(settings: Settings, args: argparse.Namespace) -> None:
     from server.auth import new_api_token
     from server.limits.base import digest
     from store.db import make_engine, session_factory
     from store.repo import Repo
 
     engine = make_engine(settings.db_url)
+    repo = Repo(session_factory(engine))
     try:
-        token = new_api_token()
-        await Repo(session_factory(engine)).create_api_token(user, name, digest(token))
-        return token
+        if args.action == "create":
+            token = new_api_token()
+            row = await repo.create_api_token(args.user, args.name or "", digest(token))
+            print(token)
+            print(f"token {row.id} for user {args.user!r}: shown once, keep it secret",
+                  file=sys.stderr)
+        elif args.action == "list":
+            for row in await repo.list_api_tokens(args.user):
+                used = row.last_used_at.isoformat() if row.last_used_at else "never used"
+                print(f"{row.id}\t{row.user_id}\t{row.name or '-'}\t"
+                      f"{row.created_at.isoformat()}\t{used}")
+        elif not await repo.revoke_api_token(args.id):
+            raise SystemExit(f"chatcast: no token with id {args.id!r}")
+        else:
+            print(f"token {args.id} revoked", file=sys.stderr)
     finally:
         await engine.dispose()
 
 
 def token(args: argparse.Namespace, settings: Settings) -> None:
-    """Print a new API token for a user (created if new). Only its hash is stored: it is
-    shown this once."""
-    user = args.user.strip()
-    if not 1 <= len(user) <= 64:
-        raise SystemExit("chatcast: --user must be 1-64 characters")
+    """`create` prints a new API token for a user (created if new); only its hash is
+    stored, so it is shown this once. `list` shows ids, never values; `revoke ID`."""
+    if args.action == "create":
+        args.user = args.user.strip()
+        if not 1 <= len(args.user) <= 64:
+            raise SystemExit("chatcast: --user must be 1-64 characters")
     _migrate(settings)
-    print(asyncio.run(_create_token(settings, user, args.name or "")))
-    print(f"token for user {user!r}: shown once, keep it secret", file=sys.stderr)
+    asyncio.run(_token_command(settings, args))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,6 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     p_create = token_sub.add_parser("create", help="print a new API token (shown once)")
     p_create.add_argument("--user", required=True, help="user id the token acts as")
     p_create.add_argument("--name", default="", help="a label to recognise the token by")
+    p_list = token_sub.add_parser("list", help="list tokens (ids and labels, never values)")
+    p_list.add_argument("--user", default=None, help="only this user's tokens")
+    p_revoke = token_sub.add_parser("revoke", help="delete a token by its id")
+    p_revoke.add_argument("id", help="the token's id (from `token list`)")
     args = parser.parse_args(argv)
     settings = Settings()
     logging.config.dictConfig(log_config(settings.log_level))

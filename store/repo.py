@@ -68,6 +68,23 @@ class Repo:
             await s.commit()
         return row
 
+    async def list_api_tokens(self, user_id: str | None = None) -> list[ApiToken]:
+        async with self.sessions() as s:
+            q = select(ApiToken)
+            if user_id is not None:
+                q = q.where(ApiToken.user_id == user_id)
+            return list(await s.exec(q.order_by(col(ApiToken.created_at))))
+
+    async def revoke_api_token(self, token_id: str) -> bool:
+        """Delete a token (by its id, never by its value); False if there was none."""
+        async with self.sessions() as s:
+            row = await s.get(ApiToken, token_id)
+            if row is None:
+                return False
+            await s.delete(row)
+            await s.commit()
+            return True
+
     async def user_for_token(self, token_hash: str) -> str | None:
         """The user of a token hash, or None; notes when the token was last used."""
         async with self.sessions() as s:

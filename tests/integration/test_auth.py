@@ -106,6 +106,27 @@ async def test_token_mode(server: ServerFactory) -> None:
     assert_no_secrets(srv, token, other, ticket, ws_ticket)
 
 
+def token_cli(srv: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server.cli", "token", *args],
+                          cwd=srv.data_dir, env=srv.environment(), capture_output=True,
+                          text=True, timeout=60)
+
+
+async def test_token_list_and_revoke(server: ServerFactory) -> None:
+    srv = await server(env={"CHATCAST_AUTH": "token"})
+    token = create_token(srv, "carol")
+    async with httpx.AsyncClient(base_url=srv.url, headers=bearer(token)) as http:
+        assert (await http.get("/api/chats")).status_code == 200
+    listed = token_cli(srv, "list", "--user", "carol")
+    assert listed.returncode == 0 and token not in listed.stdout  # ids, never values
+    (row,) = listed.stdout.splitlines()
+    token_id = row.split("\t")[0]
+    assert token_cli(srv, "revoke", token_id).returncode == 0
+    await assert_refused(srv, bearer(token))
+    missing = token_cli(srv, "revoke", token_id)
+    assert missing.returncode != 0 and "no token" in missing.stderr
+
+
 async def test_expired_ticket_is_refused(server: ServerFactory) -> None:
     srv = await server(env={"CHATCAST_TICKET_TTL_S": "0.5"})
     async with httpx.AsyncClient(base_url=srv.url) as http:
