@@ -36,6 +36,10 @@ class Reaper:
             if gen.id not in missing:
                 self._missing.add(gen.id)  # confirm on the next sweep
                 continue
+            try:
+                await self.bus.seal(gen.id)  # a living owner cannot add text after this
+            except BusUnavailable:
+                return reaped
             content, seq = await self._recover_text(gen)
             final = await self.repo.finish(gen.id, "interrupted", content, seq,
                                            meta=gen.meta, only_if_active=True)

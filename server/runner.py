@@ -27,7 +27,7 @@ from providers import (
 )
 from providers.history import trim_history
 from server import metrics, protocol
-from server.bus.base import Bus, BusUnavailable, publish_done
+from server.bus.base import Bus, BusUnavailable, LogSealed, publish_done
 from server.codes import Code
 from server.errors import NotFound
 from server.reaper import Reaper
@@ -54,6 +54,7 @@ class Running:
     # Everything appended so far (start + deltas), to write the log again if the bus lost it.
     log: list[protocol.Event] = field(default_factory=list)
     log_lost: bool = False
+    sealed: bool = False  # another process ended it (it took this one for dead)
     checkpointed: int = 0  # the seq the last SQL checkpoint reached
     finishing: bool = False  # the final write has begun: no more checkpoints
 
@@ -166,7 +167,9 @@ class Runner:
             log.exception("generation failed", extra={"gen": r.gen.id, "chat": r.chat_id})
             status, error = "error", {"code": str(Code.INTERNAL), "message": "internal error"}
         else:
-            if r.stop_requested:
+            if r.sealed:
+                status = "interrupted"  # another process took it for dead and ended it
+            elif r.stop_requested:
                 status = "stopped"
         finally:
             if not r.pump.done():
@@ -193,11 +196,18 @@ class Runner:
                     r.meta["ttft_ms"] = round(ttft * 1000, 1)
                     provider = r.meta.get("provider") or r.gen.provider
                     metrics.TTFT.labels(provider).observe(ttft)
+                ts = time.time() if self.settings.demo_timestamps else None
+                event = protocol.delta(r.chat_id, r.gen.id, r.seq + 1, chunk.text, ts)
+                try:
+                    stop = await self._append(r, event)
+                except LogSealed:  # another process ended it: this chunk was never shown
+                    r.log.pop()
+                    r.sealed = True
+                    self.on_stop(r.gen.id)
+                    return
                 r.seq += 1
                 r.content += chunk.text
-                ts = time.time() if self.settings.demo_timestamps else None
-                if await self._append(r, protocol.delta(r.chat_id, r.gen.id, r.seq, chunk.text,
-                                                        ts)):
+                if stop:
                     self.on_stop(r.gen.id)
                     return
         except asyncio.CancelledError:

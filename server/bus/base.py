@@ -36,6 +36,11 @@ class BusUnavailable(ChatcastError):
     code = Code.INTERNAL
 
 
+class LogSealed(Exception):
+    """The append was refused: the generation was ended (or is being ended) by another
+    process. The producer must stop; what it tried to add was not published."""
+
+
 class Bus(ABC):
     #: Identity of this process, used as lease owner.
     owner: str
@@ -58,8 +63,8 @@ class Bus(ABC):
     async def append(self, event: Event) -> bool:
         """Append a start/delta/done to its generation's log and publish it to the chat.
         An event whose seq is not above the log's last is a repeat: ignored. A `done`
-        seals the log. Returns True when the producer must stop: a stop was requested, or
-        the log is sealed (another process already ended the generation)."""
+        seals the log. Returns True when a stop was requested; raises LogSealed (nothing
+        appended) when the log is sealed: another process ended the generation."""
 
     @abstractmethod
     async def restore_log(self, gen: str, events: list[Event]) -> None:
@@ -74,6 +79,12 @@ class Bus(ABC):
     async def read_log(self, gen: str, after_seq: int) -> list[Event] | None:
         """Events of `gen` with seq > after_seq, in order; None if the log is unknown
         (never existed, expired, or lost) — the caller then falls back to a snapshot."""
+
+    @abstractmethod
+    async def seal(self, gen: str) -> None:
+        """No more deltas for `gen`: later appends of deltas raise LogSealed and are
+        dropped; its `done` is still accepted. Used before ending another process's
+        generation, so the text read from the log afterwards is final."""
 
     @abstractmethod
     async def end_log(self, gen: str) -> None:
@@ -117,6 +128,8 @@ async def publish_done(bus: Bus, chat_id: str, gen_id: str, seq: int, status: st
             await bus.append(event)
             await bus.end_log(gen_id)
             return
+        except LogSealed:
+            return  # another process published this generation's done
         except BusUnavailable:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -6,7 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from server.bus.base import Bus, EventHandler, ReconnectHandler, StopHandler
+from server.bus.base import Bus, EventHandler, LogSealed, ReconnectHandler, StopHandler
 from server.protocol import Event
 
 
@@ -14,7 +14,7 @@ from server.protocol import Event
 class _Log:
     events: list[Event] = field(default_factory=list)
     expires_at: float | None = None  # monotonic deadline once the generation has ended
-    sealed: bool = False  # a done was appended: nothing more is accepted
+    sealed: str | None = None  # "closed": only a done is accepted; "done": nothing is
 
 
 class MemoryBus(Bus):
@@ -44,14 +44,19 @@ class MemoryBus(Bus):
         if log is None:
             self._prune()
             log = self._logs[gen] = _Log()
-        if log.sealed:
-            return True  # ended elsewhere: the producer must stop
+        if log.sealed == "done" or (log.sealed and event.type != "done"):
+            raise LogSealed(f"generation {gen} was ended elsewhere")
         if log.events and event.seq <= log.events[-1].seq:
             return gen in self._stops  # a repeat: stored and published once
         log.events.append(event)
-        log.sealed = event.type == "done"
+        if event.type == "done":
+            log.sealed = "done"
         self._fan_out(event)
         return gen in self._stops
+
+    async def seal(self, gen: str) -> None:
+        log = self._logs.setdefault(gen, _Log())
+        log.sealed = log.sealed or "closed"
 
     async def restore_log(self, gen: str, events: list[Event]) -> None:
         self._logs[gen] = _Log(list(events))

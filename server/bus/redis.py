@@ -35,7 +35,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.bus.base import Bus, BusUnavailable, EventHandler, ReconnectHandler, StopHandler
+from server.bus.base import (
+    Bus,
+    BusUnavailable,
+    EventHandler,
+    LogSealed,
+    ReconnectHandler,
+    StopHandler,
+)
 from server.protocol import Event
 
 log = logging.getLogger("chatcast.bus")
@@ -57,7 +64,8 @@ _DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 # call): it is neither stored nor published again.
 _APPEND = """
 local stopped = redis.call('EXISTS', KEYS[2])
-if redis.call('EXISTS', KEYS[3]) == 1 then return {0, 1} end
+local sealed = redis.call('GET', KEYS[3])
+if sealed == 'done' or (sealed and ARGV[6] ~= '1') then return {-2, 1} end
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {-1, stopped} end
 local ok = redis.pcall('XADD', KEYS[1], ARGV[1], 'e', ARGV[2])
 if type(ok) == 'table' and ok.err then
@@ -66,7 +74,7 @@ if type(ok) == 'table' and ok.err then
 end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-if ARGV[6] == '1' then redis.call('SET', KEYS[3], '1', 'PX', ARGV[4]) end
+if ARGV[6] == '1' then redis.call('SET', KEYS[3], 'done', 'PX', ARGV[4]) end
 return {1, stopped}
 """
 
@@ -163,6 +171,8 @@ class RedisBus(Bus):
                                          int(event.type == "done")]
         added, stopped = await self._call(self._append(keys, args))
         self.stats["appends"] += 1
+        if added == -2:
+            raise LogSealed(f"generation {gen} was ended elsewhere")
         if added < 0:
             raise BusUnavailable(f"Redis lost the log of generation {gen}; restore it")
         if added == 0:
@@ -201,6 +211,10 @@ class RedisBus(Bus):
         if events and events[0].seq > after_seq + 1:
             return None  # the log starts after the cursor: Redis lost its beginning
         return events
+
+    async def seal(self, gen: str) -> None:
+        key = self._key(gen, "sealed")
+        await self._call(self._redis.set(key, "closed", px=int(ACTIVE_LOG_TTL_S * 1000), nx=True))
 
     async def end_log(self, gen: str) -> None:
         self._open_logs.discard(gen)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from server import protocol
+from server.bus.base import LogSealed
 from server.protocol import Event
 from store.ids import new_id
 from tests.bus.conftest import BusFactory, BusProbe
@@ -51,6 +54,23 @@ async def test_read_log_replays_after_seq_in_order(bus: BusProbe) -> None:
     assert data(await bus.bus.read_log(gen, 2)) == [e.data for e in events[2:]]
     assert data(await bus.bus.read_log(gen, 4)) == [events[4].data]
     assert await bus.bus.read_log(gen, 5) == []
+
+
+async def test_seal_refuses_deltas_but_takes_the_done(bus: BusProbe, peer: BusProbe) -> None:
+    """Another process ending a generation seals it first: the owner's next delta is
+    refused (append says stop) and the log it reads afterwards is final."""
+    chat, gen = new_id(), new_id()
+    for e in deltas(chat, gen, ["a", "b"]):
+        await bus.bus.append(e)
+    await peer.bus.seal(gen)
+    with pytest.raises(LogSealed):
+        await bus.bus.append(protocol.delta(chat, gen, 3, "c"))
+    assert [e["seq"] for e in data(await peer.bus.read_log(gen, 0))] == [1, 2]
+    assert await peer.bus.append(final(chat, gen, 3, "ab")) is False
+    with pytest.raises(LogSealed):  # a done seals for good
+        await bus.bus.append(final(chat, gen, 4, "abc"))
+    assert [e["type"] for e in data(await peer.bus.read_log(gen, 0))] == ["delta", "delta",
+                                                                          "done"]
 
 
 async def test_read_log_of_unknown_generation_is_none(bus: BusProbe) -> None:
