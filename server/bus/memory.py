@@ -12,7 +12,9 @@ from server.protocol import Event
 
 @dataclass(slots=True)
 class _Log:
-    events: list[Event] = field(default_factory=list)
+    # (seq, encoded JSON): a kept log costs its bytes only, not a dict and a str per event
+    # (logs stay for the retention period, so under load they are most of the memory).
+    events: list[tuple[int, bytes]] = field(default_factory=list)
     expires_at: float | None = None  # monotonic deadline once the generation has ended
     sealed: str | None = None  # "closed": only a done is accepted; "done": nothing is
 
@@ -46,9 +48,9 @@ class MemoryBus(Bus):
             log = self._logs[gen] = _Log()
         if log.sealed == "done" or (log.sealed and event.type != "done"):
             raise LogSealed(f"generation {gen} was ended elsewhere")
-        if log.events and event.seq <= log.events[-1].seq:
+        if log.events and event.seq <= log.events[-1][0]:
             return gen in self._stops  # a repeat: stored and published once
-        log.events.append(event)
+        log.events.append((event.seq, event.encode()))
         if event.type == "done":
             log.sealed = "done"
         self._fan_out(event)
@@ -59,7 +61,7 @@ class MemoryBus(Bus):
         log.sealed = log.sealed or "closed"
 
     async def restore_log(self, gen: str, events: list[Event]) -> None:
-        self._logs[gen] = _Log(list(events))
+        self._logs[gen] = _Log([(e.seq, e.encode()) for e in events])
 
     async def publish(self, event: Event) -> None:
         self._fan_out(event)
@@ -68,7 +70,7 @@ class MemoryBus(Bus):
         log = self._logs.get(gen)
         if log is None or (log.expires_at is not None and log.expires_at < time.monotonic()):
             return None
-        return [e for e in log.events if e.seq > after_seq]
+        return [Event.decode(raw) for seq, raw in log.events if seq > after_seq]
 
     async def end_log(self, gen: str) -> None:
         log = self._logs.setdefault(gen, _Log())
