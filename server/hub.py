@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -37,7 +36,6 @@ class _ChatView:
     finished: set[str] = field(default_factory=set)  # gens whose done was delivered
 
 
-MERGE_WINDOW = 8  # how far back a delta looks for its generation's queued delta
 
 
 class _Merged:
@@ -66,7 +64,10 @@ class Subscriber:
         self.transport = transport
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self.outbox: deque[Event | _Merged] = deque()
+        self.outbox: list[Event | _Merged] = []
+        # gen → index in the outbox of its queued delta that later deltas may join; cleared
+        # by anything that is not a delta (a barrier: it must keep its place) and by drain.
+        self._joinable: dict[str, int] = {}
         self.queued_bytes = 0
         self.overflowed = False
         self.on_overflow: Callable[[], object] | None = None  # the transport's alarm
@@ -138,30 +139,23 @@ class Subscriber:
         if self.overflowed:
             return
         if event.type == "delta":
-            pending = self._pending_delta(str(event.gen))
-            if pending is not None:  # the client is busy: merge instead of queueing more
-                pending.add(event)
+            gen = str(event.gen)
+            at = self._joinable.get(gen)
+            if at is not None:  # the client is busy: merge instead of queueing more
+                queued = self.outbox[at]
+                if isinstance(queued, Event):
+                    queued = self.outbox[at] = _Merged(queued)
+                queued.add(event)
                 self.queued_bytes += len(event.data["text"])
                 metrics.COALESCED.inc()
                 self._check_bounds()
                 return
+            self._joinable[gen] = len(self.outbox)
+        else:
+            self._joinable.clear()
         self.outbox.append(event)
         self.queued_bytes += len(event.encode())
         self._check_bounds()
-
-    def _pending_delta(self, gen: str) -> _Merged | None:
-        """The queued delta of `gen` that a new delta may join: searched from the tail over
-        other generations' deltas only (their relative order does not matter; anything else,
-        e.g. a snapshot or done, must keep its place)."""
-        for i in range(len(self.outbox) - 1, max(len(self.outbox) - 1 - MERGE_WINDOW, -1), -1):
-            queued = self.outbox[i]
-            if queued.type != "delta":
-                return None
-            if queued.gen == gen:
-                if isinstance(queued, Event):
-                    queued = self.outbox[i] = _Merged(queued)
-                return queued
-        return None
 
     def _check_bounds(self) -> None:
         if len(self.outbox) > self.max_frames or self.queued_bytes > self.max_bytes:
@@ -169,6 +163,7 @@ class Subscriber:
             if self.on_overflow is not None:
                 self.on_overflow()
             self.outbox.clear()
+            self._joinable.clear()
             self.queued_bytes = 0
             metrics.SLOW_CLOSES.inc()
         self._ready.set()
@@ -192,6 +187,7 @@ class Subscriber:
         """Everything queued, now (merged deltas joined)."""
         batch = [e.event() if isinstance(e, _Merged) else e for e in self.outbox]
         self.outbox.clear()
+        self._joinable.clear()
         self.queued_bytes = 0
         return batch
 

@@ -97,3 +97,19 @@ async def test_subscribe_merges_catch_up_and_live_without_duplicates() -> None:
     hub.drop(sub)
     assert not hub.chats and not hub.connections
     await hub.close()
+
+
+def test_many_interleaved_generations_merge_and_barriers_keep_order() -> None:
+    sub = Subscriber("test", max_frames=256)
+    ready(sub)
+    gens = [f"g{i}" for i in range(100)]
+    for seq in range(1, 21):
+        for gen in gens:
+            sub.deliver(delta(gen, seq, "t"))
+    batch = sub.drain()
+    assert len(batch) == 100 and all(e.seq == 20 and e.data["text"] == "t" * 20 for e in batch)
+    # a non-delta event is a barrier: a later delta does not jump over it
+    sub.deliver(delta("g0", 21, "a"))
+    sub.deliver(protocol.start("c", "new", "m", "demo", "demo-1"))
+    sub.deliver(delta("g0", 22, "b"))
+    assert [(e.type, e.seq) for e in sub.drain()] == [("delta", 21), ("start", 0), ("delta", 22)]
