@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING
 
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -183,8 +182,3 @@ def origin_allowed(conn: HTTPConnection, allowed: list[str]) -> bool:
     scheme = "https" if conn.url.scheme in ("https", "wss") else "http"
     return origin == f"{scheme}://{host}"
 
-
-def parse_cookie(header: str) -> dict[str, str]:
-    jar: SimpleCookie = SimpleCookie()
-    jar.load(header)
-    return {k: m.value for k, m in jar.items()}

@@ -302,9 +302,6 @@ class Hub:
         for chat in list(sub.chats):
             self.unsubscribe(sub, chat)
 
-    def subscriber_count(self) -> int:
-        return sum(len(s) for s in self.chats.values())
-
     async def close_all(self, code: int, wait_s: float = 2.0) -> None:
         """Tell every connection to close with `code` and wait (bounded) until they have."""
         for sub in list(self.connections):

@@ -266,11 +266,7 @@ class Repo:
             assistant.generation_id = gen.id
             chat.updated_at = utcnow()
             s.add_all([assistant, gen, chat])
-            try:
-                await s.commit()
-            except IntegrityError:
-                await s.rollback()
-                raise Busy() from None
+            await _commit_start(s)
         return Started(chat, gen, assistant, None)
 
     async def start_continue(self, user_id: str, gen_id: str, owner: str) -> Started:
@@ -300,21 +296,8 @@ class Repo:
             assistant.completed_at = None
             chat.updated_at = utcnow()
             s.add_all([assistant, gen, chat])
-            try:
-                await s.commit()
-            except IntegrityError:
-                await s.rollback()
-                raise Busy() from None
+            await _commit_start(s)
             return Started(chat, gen, assistant, None, base_content=assistant.content)
-
-    async def checkpoint(self, gen_id: str, message_id: str, content: str, seq: int) -> None:
-        """Partial text and the seq it reaches, written together."""
-        async with self.sessions() as s:
-            await s.exec(update(Message).where(col(Message.id) == message_id)
-                         .values(content=content))
-            await s.exec(update(Generation).where(col(Generation.id) == gen_id)
-                         .values(last_seq=seq))
-            await s.commit()
 
     async def checkpoint_many(self, items: list[tuple[str, str, str, int]]) -> None:
         """Checkpoints of several generations, (gen, message, content, seq) each, in one
@@ -400,11 +383,15 @@ class Repo:
                 q = q.where(col(Generation.owner).is_distinct_from(exclude_owner))
             return list(await s.exec(q))
 
-    async def count_active(self, user_id: str) -> int:
-        async with self.sessions() as s:
-            n = await s.exec(select(func.count()).select_from(Generation).where(
-                Generation.user_id == user_id, Generation.status == "active"))
-            return int(n.one())
+
+
+async def _commit_start(s: AsyncSession) -> None:
+    """Commit a new generation; the one-active-per-chat index refusing it means busy."""
+    try:
+        await s.commit()
+    except IntegrityError:
+        await s.rollback()
+        raise Busy() from None
 
 
 async def _owned_chat(s: AsyncSession, user_id: str, chat_id: str) -> Chat:

@@ -34,11 +34,8 @@ async def poll_endpoint(request: Request) -> JSONResponse:
         wait = min(float(request.query_params.get("wait", "25")), svc.settings.poll_max_wait_s)
     except ValueError:
         raise BadRequest("wait must be a number of seconds") from None
-    raw_cursor = request.query_params.get("cursor")
-    cursor = protocol.parse_cursor(raw_cursor)
-    if raw_cursor and cursor is None:
-        cursor = None  # unreadable cursor: answer with a snapshot
-    if cursor is None:
+    cursor = protocol.parse_cursor(request.query_params.get("cursor"))
+    if cursor is None:  # first call, or an unreadable cursor: a snapshot at once
         snap = await svc.replay.snapshot(chat)
         return _answer([snap], _after([snap], None))
     sub = svc.subscriber("poll")

@@ -11,7 +11,7 @@ from starlette.responses import StreamingResponse
 
 from server import metrics, protocol
 from server.hub import Subscriber
-from server.protocol import Cursor, Event
+from server.protocol import Event
 from server.services import Services, services, user_id
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -72,6 +72,3 @@ def _stream(svc: Services, sub: Subscriber, *, first: Event | None = None,
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=HEADERS)
 
-
-def cursor_for(gen: str, seq: int = 0) -> Cursor:
-    return Cursor(gen=gen, seq=seq)
