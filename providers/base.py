@@ -26,10 +26,12 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """Either some text or, once at the end, the usage of the whole call."""
+    """Either some text or, once at the end, the usage of the whole call. `at` is the wall
+    time the first of its text arrived (chunks that queued up are merged into one)."""
 
     text: str = ""
     usage: Usage | None = None
+    at: float | None = None
 
 
 @dataclass(slots=True)

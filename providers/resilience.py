@@ -9,50 +9,131 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from providers.base import Chunk, ProviderFailure, ProviderStreamBroken, ProviderUnavailable
-
-_END = object()
+from providers.base import (
+    Chunk,
+    ProviderFailure,
+    ProviderStreamBroken,
+    ProviderUnavailable,
+    Usage,
+)
 
 
 async def guarded(chunks: AsyncIterator[Chunk], *, label: str,
                   idle_timeout_s: float) -> AsyncGenerator[Chunk, None]:
     """`chunks`, failing when the provider sends nothing for `idle_timeout_s`: with
-    `ProviderUnavailable` before the first chunk, `ProviderStreamBroken` after."""
-    # One slot: the pump reads at most one chunk ahead of the consumer.
-    queue: asyncio.Queue[Chunk | BaseException | object] = asyncio.Queue(maxsize=1)
-    pump = asyncio.create_task(_pump(chunks, queue), name=f"provider-pump:{label}")
-    flowed = False
+    `ProviderUnavailable` before the first chunk, `ProviderStreamBroken` after.
+
+    The provider is read by its own task into an inbox, so it never waits for the consumer;
+    whatever arrived while the consumer was busy is handed over as one merged chunk (a
+    consumer that keeps up gets every chunk as it came)."""
+    inbox = _Inbox(idle_timeout_s)
+    pump = asyncio.create_task(_pump(chunks, inbox), name=f"provider-pump:{label}")
     try:
         while True:
-            try:
-                async with asyncio.timeout(idle_timeout_s):
-                    item = await queue.get()
-            except TimeoutError:
-                raise _idle_failure(label, idle_timeout_s, flowed=flowed) from None
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, Chunk)
-            flowed = True
-            yield item
+            if not inbox.ready():
+                await inbox.wait()
+            if inbox.parts or inbox.usage is not None:
+                yield inbox.take()
+                continue
+            if inbox.idle:
+                raise _idle_failure(label, idle_timeout_s, flowed=inbox.flowed)
+            if inbox.error is not None:
+                raise inbox.error
+            return  # ended
     finally:
+        inbox.close()
         await _cancel(pump)
 
 
-async def _pump(chunks: AsyncIterator[Chunk],
-                queue: asyncio.Queue[Chunk | BaseException | object]) -> None:
+class _Inbox:
+    """Chunks read but not yet taken, the end of the stream, and the idle watchdog: one
+    timer per stream, re-armed only when it fires (not one per chunk)."""
+
+    __slots__ = ("_loop", "_timer", "_waiter", "at", "ended", "error", "flowed", "idle",
+                 "idle_timeout_s", "last", "parts", "usage")
+
+    def __init__(self, idle_timeout_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.idle_timeout_s = idle_timeout_s
+        self.parts: list[str] = []
+        self.usage: Usage | None = None
+        self.at: float | None = None
+        self.ended = False
+        self.error: BaseException | None = None
+        self.idle = False
+        self.flowed = False
+        self.last = self._loop.time()
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_at(
+            self.last + idle_timeout_s, self._watch)
+
+    def ready(self) -> bool:
+        return bool(self.parts) or self.usage is not None or self.ended or self.idle
+
+    def put(self, chunk: Chunk) -> None:
+        self.last = self._loop.time()
+        if chunk.text:
+            if not self.parts:
+                self.at = time.time()
+            self.parts.append(chunk.text)
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        self._wake()
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.ended, self.error = True, error
+        self._wake()
+
+    def take(self) -> Chunk:
+        text = self.parts[0] if len(self.parts) == 1 else "".join(self.parts)
+        chunk = Chunk(text=text, usage=self.usage, at=self.at)
+        self.parts.clear()
+        self.usage = self.at = None
+        self.flowed = self.flowed or bool(text)
+        return chunk
+
+    async def wait(self) -> None:
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _watch(self) -> None:
+        if self.ended:
+            self._timer = None
+            return
+        due = self.last + self.idle_timeout_s
+        if self._loop.time() >= due:
+            self._timer = None
+            self.idle = True
+            self._wake()
+        else:
+            self._timer = self._loop.call_at(due, self._watch)
+
+
+async def _pump(chunks: AsyncIterator[Chunk], inbox: _Inbox) -> None:
     try:
         async for chunk in chunks:
-            await queue.put(chunk)
+            inbox.put(chunk)
     except Exception as exc:  # handed to the consumer, which re-raises it
-        await queue.put(exc)
+        inbox.end(exc)
     else:
-        await queue.put(_END)
+        inbox.end()
     finally:
-        # Cancelled while waiting for the consumer, the provider is suspended at a `yield`
+        # Cancelled (the consumer is gone), the provider may be suspended at a `yield`
         # rather than in its SDK: close it explicitly instead of leaving that to the GC.
         if isinstance(chunks, AsyncGenerator):
             await chunks.aclose()

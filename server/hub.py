@@ -32,7 +32,9 @@ class _ChatView:
     syncing: bool = True
     buffer: list[Event] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)  # gen → last seq delivered
-    cursor: Cursor | None = None  # the position a resync would resume from
+    # The position a resync would resume from, (gen, seq): a plain tuple because it changes
+    # with every delivered frame; a `Cursor` is built only when a resync needs one.
+    position: tuple[str, int] | None = None
     finished: set[str] = field(default_factory=set)  # gens whose done was delivered
 
 
@@ -75,6 +77,12 @@ class Subscriber:
         self.on_gap: Callable[[Subscriber, str], None] | None = None
         self.chats: dict[str, _ChatView] = {}
         self._ready = asyncio.Event()
+        # Direct delivery, for a transport that can write from the producer's task: it
+        # writes the frame now and returns None, or, if the socket pushed back, returns what
+        # finishes the write (the transport's writer awaits it before anything else).
+        self.direct: Callable[[Event], Awaitable[None] | None] | None = None
+        self.stalled: Awaitable[None] | None = None
+        self._writing = False  # the writer is sending (a batch, or a stalled frame)
 
     # Producer side --------------------------------------------------------------------
 
@@ -102,12 +110,12 @@ class Subscriber:
                 view.seen[active["gen"]] = int(active["seq"])
                 view.finished.discard(active["gen"])
             cursor = event.data.get("cursor")
-            view.cursor = Cursor(**cursor) if cursor else None
+            view.position = (cursor["gen"], int(cursor["seq"])) if cursor else None
         elif event.type == "start":
             gen = str(event.gen)
             if gen not in view.seen:
                 view.seen[gen] = 0
-                view.cursor = Cursor(gen=gen, seq=0)
+                view.position = (gen, 0)
         elif event.is_positioned:
             gen = str(event.gen)
             if gen in view.finished:
@@ -126,7 +134,7 @@ class Subscriber:
                     self.on_gap(self, event.chat)
                 return
             view.seen[gen] = event.seq
-            view.cursor = Cursor(gen=gen, seq=event.seq)
+            view.position = (gen, event.seq)
             if event.type == "done":
                 view.finished.add(gen)
             if len(view.seen) > 8:
@@ -137,6 +145,14 @@ class Subscriber:
 
     def _enqueue(self, event: Event) -> None:
         if self.overflowed:
+            return
+        if self.direct is not None and not self._writing and not self.outbox:
+            # Idle socket: write now, from this task (no wake-up of the writer).
+            rest = self.direct(event)
+            if rest is not None:  # pushed back: the writer finishes it, later frames queue
+                self.stalled = rest
+                self._writing = True
+                self._ready.set()
             return
         if event.type == "delta":
             gen = str(event.gen)
@@ -160,6 +176,7 @@ class Subscriber:
     def _check_bounds(self) -> None:
         if len(self.outbox) > self.max_frames or self.queued_bytes > self.max_bytes:
             self.overflowed = True
+            self.direct = None
             if self.on_overflow is not None:
                 self.on_overflow()
             self.outbox.clear()
@@ -173,14 +190,20 @@ class Subscriber:
     def close(self, code: int) -> None:
         """Ask the transport to end this connection with `code` after what is queued."""
         self.close_code = code
+        self.direct = None  # from now on everything goes through the writer
         self._ready.set()
 
     async def next_batch(self) -> list[Event]:
         """Wait for frames; return all queued. Also returns (maybe empty) when the
-        subscriber overflowed or is being closed: check `overflowed` / `close_code`."""
-        while not self.outbox and not self.overflowed and self.close_code is None:
+        subscriber overflowed or is being closed: check `overflowed` / `close_code`. A
+        `stalled` frame, if set when this returns, goes out before the batch. Until the
+        next call the writer counts as busy: new frames queue (and deltas merge)."""
+        self._writing = False
+        while not self.outbox and not self.overflowed and self.close_code is None \
+                and self.stalled is None:
             self._ready.clear()
             await self._ready.wait()
+        self._writing = True
         return self.drain()
 
     def drain(self) -> list[Event]:
@@ -233,7 +256,8 @@ class Hub:
         if view is None or view.syncing:
             return
         view.syncing = True
-        task = asyncio.get_running_loop().create_task(self._resync(sub, chat, view.cursor))
+        cursor = Cursor(gen=view.position[0], seq=view.position[1]) if view.position else None
+        task = asyncio.get_running_loop().create_task(self._resync(sub, chat, cursor))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

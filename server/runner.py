@@ -30,6 +30,7 @@ from server import metrics, protocol
 from server.bus.base import Bus, BusUnavailable, LogSealed, publish_done
 from server.codes import Code
 from server.errors import NotFound
+from server.pacing import Pacer
 from server.reaper import Reaper
 from server.settings import Settings
 from store.models import Generation, Message, message_dict
@@ -71,6 +72,7 @@ class Runner:
         self._checkpoints: asyncio.Task[None] | None = None
         # Orders checkpoints before final writes (a late checkpoint never overwrites them).
         self._write_lock = asyncio.Lock()
+        self.pacer = Pacer(settings.coalesce_max_ms / 1000)
 
     # Commands ------------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class Runner:
         if self._checkpoints is None or self._checkpoints.done():
             self._checkpoints = asyncio.get_running_loop().create_task(
                 self._checkpoint_loop(), name="runner-checkpoints")
+        self.pacer.start()
 
     async def _run(self, r: Running) -> None:
         """Drive the pump under the wall-clock limit and always end with one terminal state."""
@@ -196,7 +199,7 @@ class Runner:
                     r.meta["ttft_ms"] = round(ttft * 1000, 1)
                     provider = r.meta.get("provider") or r.gen.provider
                     metrics.TTFT.labels(provider).observe(ttft)
-                ts = time.time() if self.settings.demo_timestamps else None
+                ts = (chunk.at or time.time()) if self.settings.demo_timestamps else None
                 event = protocol.delta(r.chat_id, r.gen.id, r.seq + 1, chunk.text, ts)
                 try:
                     stop = await self._append(r, event)
@@ -210,6 +213,9 @@ class Runner:
                 if stop:
                     self.on_stop(r.gen.id)
                     return
+                hold = self.pacer.hold_s()
+                if hold:  # overloaded: let the next chunks gather into one delta
+                    await asyncio.sleep(hold)
         except asyncio.CancelledError:
             if not r.stop_requested:
                 raise
@@ -335,6 +341,7 @@ class Runner:
         if self._checkpoints is not None:
             self._checkpoints.cancel()
             await asyncio.gather(self._checkpoints, return_exceptions=True)
+        await self.pacer.close()
 
 
 def _conversation(rows: list[Message]) -> list[ChatMessage]:

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     provider_connect_timeout_s: float = 10.0
     provider_idle_timeout_s: float = 60.0
     provider_nonstream_fallback: bool = False
+    # Adaptive coalescing: the most an overloaded process holds a delta back (0: never).
+    coalesce_max_ms: float = 40.0
 
     # Limits
     max_message_chars: int = 32_000

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, cast
 
+from starlette import types as asgi
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import commands, metrics, protocol
@@ -15,6 +18,7 @@ from server.hub import Subscriber
 from server.limits import TokenBucket
 from server.protocol import (
     Continue,
+    Event,
     Ping,
     Regenerate,
     Request,
@@ -46,10 +50,13 @@ async def ws_endpoint(ws: WebSocket) -> None:
     sub = svc.subscriber("ws")
     svc.hub.attach(sub)
     metrics.CLIENTS.labels("ws").inc()
+    send = ws.scope.get(RAW_SEND)
     try:
         async with asyncio.TaskGroup() as tg:
-            writer = tg.create_task(_write(ws, sub, svc))
+            writer = tg.create_task(_write(ws, sub, svc, send))
             sub.on_overflow = writer.cancel  # even a writer blocked on an unread socket
+            if send is not None:
+                sub.direct = _direct_writer(send, sub)
             closing = await _read(ws, sub, svc, user)
             writer.cancel()
         if closing is not None:  # the writer is gone: nothing else sends on the socket
@@ -65,17 +72,95 @@ class SlowConsumer(Exception):
     """The client did not read its close frame in time: drop the connection."""
 
 
-async def _write(ws: WebSocket, sub: Subscriber, svc: Services) -> None:
+RAW_SEND = "chatcast.raw_send"
+
+
+class KeepRawSend:
+    """Outermost middleware: keeps the server's own `send` of a WebSocket in its scope, so
+    the hot path writes frames without the per-message wrappers of the layers between."""
+
+    def __init__(self, app: asgi.ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive,
+                       send: asgi.Send) -> None:
+        if scope["type"] == "websocket":
+            scope[RAW_SEND] = send
+        await self.app(scope, receive, send)
+
+
+def _direct_writer(send: asgi.Send, sub: Subscriber) -> Callable[[Event], Awaitable[None] | None]:
+    """Write a frame from the calling task. The server's send completes without suspending
+    unless the socket pushes back; then the started write is returned for the writer task
+    to finish (the same coroutine, resumed: nothing is written twice or reordered)."""
+    frames = metrics.FRAMES_SENT.labels("ws")
+
+    def write(event: Event) -> Awaitable[None] | None:
+        # An `async def` send, as every server has: a coroutine we may step ourselves.
+        coro = cast(Coroutine[Any, Any, None], send({"type": "websocket.send",
+                                                     "text": event.text()}))
+        try:
+            yielded = coro.send(None)
+        except StopIteration:
+            frames.inc()
+            return None
+        except Exception:  # the connection is gone: its reader sees the disconnect
+            sub.direct = None
+            return None
+        return _Resumed(coro, yielded)
+
+    return write
+
+
+class _Resumed:
+    """Awaiting this continues a coroutine that was started (and suspended) elsewhere."""
+
+    __slots__ = ("coro", "yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self.coro, self.yielded = coro, yielded
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        value = self.yielded
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                self.coro.close()
+                raise
+            except BaseException as exc:  # handed to the coroutine, as a task would
+                try:
+                    value = self.coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    value = self.coro.send(sent)
+                except StopIteration:
+                    return
+
+
+async def _write(ws: WebSocket, sub: Subscriber, svc: Services,
+                 send: asgi.Send | None) -> None:
     frames = metrics.FRAMES_SENT.labels("ws")
     try:
         while not sub.overflowed:
             batch = await sub.next_batch()
+            if sub.stalled is not None:
+                stalled, sub.stalled = sub.stalled, None
+                await stalled
+                frames.inc()
             for event in batch:
-                await ws.send_text(event.text())
+                if send is not None:
+                    await send({"type": "websocket.send", "text": event.text()})
+                else:
+                    await ws.send_text(event.text())
             frames.inc(len(batch))
             if sub.close_code is not None:
                 await ws.close(sub.close_code, "server shutting down: reconnect")
                 return
+    except OSError:  # the server's own send: the client is gone
+        raise WebSocketDisconnect(1006) from None
     except asyncio.CancelledError:
         if not sub.overflowed:
             raise
