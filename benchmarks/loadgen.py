@@ -55,9 +55,9 @@ class Window:
     frames: int = 0
     tokens: int = 0
     latency_ms: list[float] = field(default_factory=list)
-    # (gen, receive time, first chunk index of the frame) for lateness, computed at the end
+    # (gen, receive time, first token index of the frame) for lateness, computed at the end
     frames_at: list[tuple[str, float, int]] = field(default_factory=list)
-    t0: dict[str, float] = field(default_factory=dict)  # gen -> earliest receive - (k-1)/R
+    t0: dict[str, float] = field(default_factory=dict)  # gen -> earliest receive - k/R
 
 
 class Tab:
@@ -70,6 +70,7 @@ class Tab:
         self.replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.parts: dict[str, list[str]] = {}
         self.last: dict[str, int] = {}
+        self.token: dict[str, int] = {}  # gen -> index of the last token received
         self.chat_gen: dict[str, str] = {}
         self.done: dict[str, dict[str, Any]] = {}
         self.done_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -87,16 +88,26 @@ class Tab:
             if seq <= last:
                 self.duplicates += 1
                 return
-            self.parts.setdefault(gen, []).append(ev["text"])
+            text = ev["text"]
+            self.parts.setdefault(gen, []).append(text)
             self.last[gen] = seq
+            # Tokens are the words "c<i>w<k>": the frame's last word tells how many provider
+            # tokens it carries, however many a server merged into one delta.
+            before = self.token.get(gen, -1)
+            try:
+                word = text.rstrip().rsplit(" ", 1)[-1]
+                k = int(word[word.rindex("w") + 1:])
+            except ValueError:
+                k = before + seq - last
+            self.token[gen] = k
             w = self.window
-            first = last + 1
-            t0 = now - (first - 1) / self.rate
+            first = before + 1  # the frame's first token: due at t0 + first / R
+            t0 = now - first / self.rate
             if t0 < w.t0.get(gen, float("inf")):
                 w.t0[gen] = t0
             if w.start <= now <= w.end:
                 w.frames += 1
-                w.tokens += seq - last
+                w.tokens += k - before
                 ts = ev.get("ts")
                 if ts is not None:
                     w.latency_ms.append((now - ts) * 1000)
@@ -319,7 +330,7 @@ async def fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gens
                     problems.append(f"chat {i} tab {j}: text differs from the expected reply")
             if tab.duplicates:
                 problems.append(f"chat {i} tab {j}: {tab.duplicates} duplicate deltas")
-    lateness = [(now - window.t0[gen] - (first - 1) / rate) * 1000
+    lateness = [(now - window.t0[gen] - first / rate) * 1000
                 for gen, now, first in window.frames_at]
     for tab in all_tabs:
         tab.close()

@@ -43,13 +43,15 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         out.append(("saturation ≥ 30,000 frames/s per process", f"{best:,.0f} frames/s",
                     "scenario 2, highest load with p99 lateness ≤ 100 ms", best >= 30000))
     if "coalescing" in sc:
-        s = sc["coalescing"]["summary"]
-        on, base = s["chatcast, coalescing on"], s[BASE]
-        ratio = on["tokens_per_s"]["median"] / base["tokens_per_s"]["median"]
-        p99 = on["lateness_p99_ms"]["median"]
+        systems = sc["coalescing"]["systems"]
+        on = systems["chatcast, coalescing on"]
+        base = systems[BASE]["max_tokens_per_s"]
+        ratio = on["max_tokens_per_s"] / base if base else 0.0
+        p99 = on["best"]["lateness_ms"]["p99"] if on["best"] else float("nan")
         out.append(("≥ 2× baseline delivered tokens/s at R=200 (coalescing), p99 ≤ 50 ms",
-                    f"{ratio:.2f}×, p99 {p99:.0f} ms", "scenario 3",
-                    ratio >= 2 and p99 <= 50))
+                    f"{ratio:.2f}× ({on['max_tokens_per_s']:,.0f} vs {base:,.0f}), "
+                    f"p99 {p99:.0f} ms", "scenario 3, highest load with p99 lateness ≤ 50 ms",
+                    ratio >= 2))
     if "idle" in sc:
         kib = sc["idle"][MEM]["kib_per_socket"]
         out.append(("≤ 26 KiB per idle subscribed socket", f"{kib:.1f} KiB", "scenario 4",
@@ -123,18 +125,24 @@ def markdown(res: dict[str, Any]) -> str:
                          "within the latency limit")
     if "coalescing" in sc:
         c = sc["coalescing"]
-        lines += ["", f"## 3. High rate: R = {c['rate']:g}, {c['gens']} generations × "
-                  f"{c['tabs']} tabs (offered {c['offered_tokens_per_s']:,.0f} tokens/s to "
-                  "clients)", "",
-                  "| system | delivered tokens/s | frames/s | CPU µs / token | lateness p99 ms "
-                  "| latency p99 ms | server CPU | exact |", "|---|---|---|---|---|---|---|---|"]
-        for label, v in c["summary"].items():
-            lines.append(f"| {label} | {_spread(v['tokens_per_s'], 0)} | "
-                         f"{_fmt(v['frames_per_s']['median'], 0)} | "
-                         f"{_spread(v['cpu_us_per_token'])} | {_spread(v['lateness_p99_ms'])} | "
-                         f"{_spread(v['latency_p99_ms'])} | "
-                         f"{_fmt(v['server_cpu_util']['median'] * 100, 0)} % | "
-                         f"{'yes' if v['correct'] else 'NO'} |")
+        lines += ["", f"## 3. High rate: R = {c['rate']:g}, {c['tabs']} tabs per generation, "
+                  f"1 process, until p99 lateness > {c['limit_ms']:g} ms", "",
+                  "| system | generations | offered tokens/s | delivered tokens/s | frames/s | "
+                  "tokens / frame | CPU µs / token | lateness p99 ms | latency p99 ms | "
+                  "server CPU | exact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for label, v in c["systems"].items():
+            for p in v["points"]:
+                lines.append(f"| {label} | {p['gens']} | {_fmt(p['offered_tokens_per_s'], 0)} "
+                             f"| {_fmt(p['tokens_per_s'], 0)} | {_fmt(p['frames_per_s'], 0)} | "
+                             f"{p['tokens_per_frame']} | {_fmt(p['cpu_us_per_token'])} | "
+                             f"{_fmt(p['lateness_ms']['p99'])} | "
+                             f"{_fmt(p['latency_ms']['p99'])} | "
+                             f"{_fmt(p['server_cpu_util'] * 100, 0)} % | "
+                             f"{'yes' if p['correct'] else 'NO'} |")
+        lines.append("")
+        for label, v in c["systems"].items():
+            lines.append(f"- {label}: **{v['max_tokens_per_s']:,.0f} tokens/s** delivered "
+                         "within the latency limit")
     if "idle" in sc:
         i = sc["idle"]
         lines += ["", f"## 4. Idle: {i['sockets']:,} open subscribed sockets", "",
@@ -234,6 +242,24 @@ def plots(res: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(out / "saturation.png", dpi=110)
         plt.close(fig)
         made.append("saturation.png")
+    if "coalescing" in sc:
+        c = sc["coalescing"]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for label, v in c["systems"].items():
+            xs = [p["offered_tokens_per_s"] for p in v["points"]]
+            axes[0].plot(xs, [p["tokens_per_s"] for p in v["points"]], "o-", label=label)
+            axes[1].plot(xs, [p["lateness_ms"]["p99"] for p in v["points"]], "o-", label=label)
+        axes[0].set_title(f"delivered tokens/s at R = {c['rate']:g} (1 process)")
+        axes[1].set_title("p99 lateness vs schedule (ms)")
+        axes[1].set_yscale("log")
+        axes[1].axhline(c["limit_ms"], color="red", lw=0.8, ls="--")
+        for ax in axes:
+            ax.set_xlabel("offered tokens/s")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "coalescing.png", dpi=110)
+        plt.close(fig)
+        made.append("coalescing.png")
     return made
 
 

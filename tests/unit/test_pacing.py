@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from server.pacing import IDLE_LAG_S, Pacer
 
 
@@ -42,8 +44,22 @@ async def test_it_measures_a_blocked_loop() -> None:
     try:
         await asyncio.sleep(0.01)
         for _ in range(30):
-            time.sleep(0.02)  # the loop is busy: its timers run late
+            time.sleep(0.02)  # noqa: ASYNC251 - on purpose: the loop is busy, timers run late
             await asyncio.sleep(0)
         assert pacer.lag_s > IDLE_LAG_S and pacer.hold_s() > 0
     finally:
         await pacer.close()
+
+
+def test_a_saturated_cpu_holds_even_with_punctual_timers() -> None:
+    pacer = Pacer(max_hold_s=0.04)
+    cpu = 0.0
+    for k in range(21):  # one second at 95 % of a core, timers only 0.5 ms late
+        cpu += 0.95 * 0.05
+        pacer.observe(0.0005, k * 0.05, cpu)
+    assert pacer.cpu == pytest.approx(0.95)
+    assert pacer.hold_s() == 0.04
+    for k in range(21, 42):  # then 30 %: no hold
+        cpu += 0.3 * 0.05
+        pacer.observe(0.0005, k * 0.05, cpu)
+    assert pacer.hold_s() == 0.0
