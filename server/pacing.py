@@ -23,7 +23,7 @@ from server import metrics
 TICK_S = 0.05
 WINDOW = 20  # ticks: one second
 # CPU use of the process (0..1 of a core) where holding starts, and where it is at maximum.
-CPU_FROM, CPU_FULL = 0.6, 0.9
+CPU_FROM, CPU_FULL = 0.75, 0.95
 # Below this timer lateness the loop keeps up; above, hold = lag times LAG_FACTOR.
 IDLE_LAG_S = 0.002
 LAG_FACTOR = 4.0
