@@ -108,7 +108,8 @@ def markdown(res: dict[str, Any]) -> str:
     if "saturation" in sc:
         s = sc["saturation"]
         lines += ["", f"## 2. Saturation (R = {s['rate']:g}, {s['tabs']} tabs per generation, "
-                  f"1 process, until p99 lateness > {s['limit_ms']} ms)", "",
+                  f"1 process, until p99 lateness > {s['limit_ms']} ms; chatcast with "
+                  "coalescing off, one frame per token like the baseline)", "",
                   "| system | generations | offered frames/s | delivered frames/s | "
                   "lateness p99 ms | server CPU | load generator CPU |",
                   "|---|---|---|---|---|---|---|"]

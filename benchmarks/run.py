@@ -98,8 +98,11 @@ class Bench:
         steps = [50, 100, 200] if self.quick else [100, 200, 300, 400, 500, 600, 800, 1000]
         out: dict[str, Any] = {"rate": rate, "tabs": tabs, "limit_ms": 100, "systems": {}}
         for kind in ("baseline", "chatcast"):
+            # Raw frame capacity: with coalescing off, chatcast sends one frame per token as
+            # the baseline does (scenario 3 measures what coalescing adds).
             server = self.baseline(rate) if kind == "baseline" else \
-                self.chatcast("memory bus, 1 process", rate=rate)
+                self.chatcast("memory bus, 1 process", rate=rate,
+                              extra={"CHATCAST_COALESCE_MAX_MS": "0"})
             points: list[dict[str, Any]] = []
             try:
                 for gens in steps:

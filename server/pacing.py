@@ -23,9 +23,9 @@ from server import metrics
 TICK_S = 0.05
 WINDOW = 20  # ticks: one second
 # CPU use of the process (0..1 of a core) where holding starts, and where it is at maximum.
-CPU_FROM, CPU_FULL = 0.75, 0.95
+CPU_FROM, CPU_FULL = 0.85, 1.0
 # Below this timer lateness the loop keeps up; above, hold = lag times LAG_FACTOR.
-IDLE_LAG_S = 0.002
+IDLE_LAG_S = 0.005
 LAG_FACTOR = 4.0
 
 

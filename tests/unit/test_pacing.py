@@ -58,7 +58,7 @@ def test_a_saturated_cpu_holds_even_with_punctual_timers() -> None:
         cpu += 0.98 * 0.05
         pacer.observe(0.0005, k * 0.05, cpu)
     assert pacer.cpu == pytest.approx(0.98)
-    assert pacer.hold_s() == 0.04
+    assert 0.03 < pacer.hold_s() <= 0.04
     for k in range(21, 42):  # then 30 %: no hold
         cpu += 0.3 * 0.05
         pacer.observe(0.0005, k * 0.05, cpu)
