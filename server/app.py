@@ -16,13 +16,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from server import api
 from server.auth import IdentityMiddleware, origin_allowed
 from server.errors import ChatcastError
 from server.services import Services
 from server.settings import Settings
-from server.transports.ws import KeepRawSend, ws_endpoint
+from server.transports.ws import WebSocketFastPath, ws_endpoint
 
 STATIC = Path(__file__).parent / "static"
 CLIENT_JS = Path(__file__).parent.parent / "clients" / "js"
@@ -81,7 +82,7 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return api.OrjsonResponse({"error": body}, status_code=exc.status_code)
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
@@ -104,11 +105,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
         Mount("/client", StaticFiles(directory=CLIENT_JS, check_dir=False), name="client"),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(KeepRawSend),
-                    Middleware(CrossSiteGuard, allowed=settings.allowed_origins),
+        middleware=[Middleware(CrossSiteGuard, allowed=settings.allowed_origins),
                     Middleware(IdentityMiddleware, anonymous=settings.auth == "anonymous")],
         exception_handlers={ChatcastError: on_chatcast_error, HTTPException: on_http_error},
     )
+    # `/ws` sockets skip the app's layers (see WebSocketFastPath); the route above stays
+    # for anything that calls the Starlette app directly.
+    return WebSocketFastPath(app)

@@ -64,6 +64,7 @@ def serve(args: argparse.Namespace) -> None:
         http="httptools",
         ws="websockets-sansio",
         ws_max_size=MAX_FRAME_BYTES,
+        ws_per_message_deflate=settings.ws_compression,
         ws_ping_interval=settings.ws_ping_interval_s,
         ws_ping_timeout=settings.ws_ping_interval_s,
         log_config=log_config(settings.log_level),

@@ -35,7 +35,8 @@ class _ChatView:
     # The position a resync would resume from, (gen, seq): a plain tuple because it changes
     # with every delivered frame; a `Cursor` is built only when a resync needs one.
     position: tuple[str, int] | None = None
-    finished: set[str] = field(default_factory=set)  # gens whose done was delivered
+    # gens whose done was delivered; most views never need one (an empty set is 216 bytes)
+    finished: set[str] | None = None
 
 
 
@@ -62,6 +63,11 @@ class _Merged:
 
 
 class Subscriber:
+    # One per connection, alive as long as it: slots keep it small.
+    __slots__ = ("_joinable", "_waiter", "_writing", "chats", "close_code", "direct",
+                 "max_bytes", "max_frames", "on_gap", "on_overflow", "outbox", "overflowed",
+                 "queued_bytes", "stalled", "transport")
+
     def __init__(self, transport: str, max_frames: int = 256, max_bytes: int = 1 << 20) -> None:
         self.transport = transport
         self.max_frames = max_frames
@@ -76,7 +82,7 @@ class Subscriber:
         self.close_code: int | None = None  # set when the server closes this connection
         self.on_gap: Callable[[Subscriber, str], None] | None = None
         self.chats: dict[str, _ChatView] = {}
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the writer, waiting for frames
         # Direct delivery, for a transport that can write from the producer's task: it
         # writes the frame now and returns None, or, if the socket pushed back, returns what
         # finishes the write (the transport's writer awaits it before anything else).
@@ -105,10 +111,11 @@ class Subscriber:
             active = event.data.get("active")
             view.seen.clear()
             view.finished = {m["gen"] for m in event.data["messages"]
-                             if m.get("gen") and m.get("status") != "streaming"}
+                             if m.get("gen") and m.get("status") != "streaming"} or None
             if active:
                 view.seen[active["gen"]] = int(active["seq"])
-                view.finished.discard(active["gen"])
+                if view.finished:
+                    view.finished.discard(active["gen"])
             cursor = event.data.get("cursor")
             view.position = (cursor["gen"], int(cursor["seq"])) if cursor else None
         elif event.type == "start":
@@ -118,7 +125,7 @@ class Subscriber:
                 view.position = (gen, 0)
         elif event.is_positioned:
             gen = str(event.gen)
-            if gen in view.finished:
+            if view.finished and gen in view.finished:
                 return  # its done (or a snapshot showing it over) was delivered already
             last = view.seen.get(gen)
             if event.type == "done" and last is not None and event.seq <= last:
@@ -136,11 +143,14 @@ class Subscriber:
             view.seen[gen] = event.seq
             view.position = (gen, event.seq)
             if event.type == "done":
+                if view.finished is None:
+                    view.finished = set()
                 view.finished.add(gen)
             if len(view.seen) > 8:
                 gone = next(iter(view.seen))
                 view.seen.pop(gone)
-                view.finished.discard(gone)
+                if view.finished:
+                    view.finished.discard(gone)
         self._enqueue(event)
 
     def _enqueue(self, event: Event) -> None:
@@ -152,7 +162,7 @@ class Subscriber:
             if rest is not None:  # pushed back: the writer finishes it, later frames queue
                 self.stalled = rest
                 self._writing = True
-                self._ready.set()
+                self._wake()
             return
         if event.type == "delta":
             gen = str(event.gen)
@@ -183,7 +193,13 @@ class Subscriber:
             self._joinable.clear()
             self.queued_bytes = 0
             metrics.SLOW_CLOSES.inc()
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        # A future made only while the writer waits: an asyncio.Event per connection would
+        # keep a deque (~0.6 KiB) for its whole life.
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     # Consumer side --------------------------------------------------------------------
 
@@ -191,7 +207,7 @@ class Subscriber:
         """Ask the transport to end this connection with `code` after what is queued."""
         self.close_code = code
         self.direct = None  # from now on everything goes through the writer
-        self._ready.set()
+        self._wake()
 
     async def next_batch(self) -> list[Event]:
         """Wait for frames; return all queued. Also returns (maybe empty) when the
@@ -201,8 +217,11 @@ class Subscriber:
         self._writing = False
         while not self.outbox and not self.overflowed and self.close_code is None \
                 and self.stalled is None:
-            self._ready.clear()
-            await self._ready.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         self._writing = True
         return self.drain()
 

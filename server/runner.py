@@ -27,7 +27,14 @@ from providers import (
 )
 from providers.history import trim_history
 from server import metrics, protocol
-from server.bus.base import Bus, BusUnavailable, LogSealed, publish_done
+from server.bus.base import (
+    Bus,
+    BusUnavailable,
+    LogEntry,
+    LogSealed,
+    log_entry,
+    publish_done,
+)
 from server.codes import Code
 from server.errors import NotFound
 from server.pacing import Pacer
@@ -53,7 +60,7 @@ class Running:
     usage: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     # Everything appended so far (start + deltas), to write the log again if the bus lost it.
-    log: list[protocol.Event] = field(default_factory=list)
+    log: list[LogEntry] = field(default_factory=list)  # what was appended, for restores
     log_lost: bool = False
     sealed: bool = False  # another process ended it (it took this one for dead)
     checkpointed: int = 0  # the seq the last SQL checkpoint reached
@@ -228,7 +235,7 @@ class Runner:
         """Append to the bus; returns True if a stop was requested. While the bus is down
         the generation goes on (text is kept here and checkpointed to SQL); when the bus is
         back, the whole log is written again before anything new is published."""
-        r.log.append(event)
+        r.log.append(log_entry(event))
         try:
             if r.log_lost:
                 await self.bus.restore_log(r.gen.id, r.log[:-1])

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     lease_ttl_s: float = 10.0
     log_retention_s: float = 900.0
     ws_ping_interval_s: float = 20.0
+    # permessage-deflate keeps ~45 KiB of zlib state per socket and compresses every frame
+    # for each socket separately; deltas are tens of bytes. Off unless asked for.
+    ws_compression: bool = False
     sse_heartbeat_s: float = 15.0
     poll_max_wait_s: float = 30.0
     shutdown_grace_s: float = 10.0

@@ -22,6 +22,15 @@ from server.codes import Code
 from server.errors import ChatcastError
 from server.protocol import Event
 
+#: One entry of a generation's log as its owner keeps it: (seq, the event's JSON). Plain
+#: bytes, not Event objects: a long answer has thousands, and the garbage collector does not
+#: have to look at these (a tuple of an int and bytes is untracked after its first pass).
+LogEntry = tuple[int, bytes]
+
+
+def log_entry(event: Event) -> LogEntry:
+    return (event.seq, event.encode())
+
 EventHandler = Callable[[Event], None]
 StopHandler = Callable[[str], None]
 ReconnectHandler = Callable[[], None]
@@ -67,7 +76,7 @@ class Bus(ABC):
         appended) when the log is sealed: another process ended the generation."""
 
     @abstractmethod
-    async def restore_log(self, gen: str, events: list[Event]) -> None:
+    async def restore_log(self, gen: str, entries: list[LogEntry]) -> None:
         """Write a generation's log again from the owner's copy (start + deltas), after the
         backend lost it (e.g. Redis restarted without persistence). Publishes nothing."""
 
@@ -115,7 +124,7 @@ class Bus(ABC):
 async def publish_done(bus: Bus, chat_id: str, gen_id: str, seq: int, status: str,
                        msg: dict[str, Any], usage: dict[str, Any] | None,
                        error: dict[str, Any] | None,
-                       lost: list[protocol.Event] | None = None) -> None:
+                       lost: list[LogEntry] | None = None) -> None:
     """Publish `done` (after the final content is in SQL). If the bus is down, retry for
     a while; subscribers that miss it resynchronise from SQL when the bus is back."""
     event = protocol.done(chat_id, gen_id, seq + 1, status, msg, usage=usage, err=error)

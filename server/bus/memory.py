@@ -6,7 +6,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from server.bus.base import Bus, EventHandler, LogSealed, ReconnectHandler, StopHandler
+from server.bus.base import (
+    Bus,
+    EventHandler,
+    LogEntry,
+    LogSealed,
+    ReconnectHandler,
+    StopHandler,
+)
 from server.protocol import Event
 
 
@@ -60,8 +67,8 @@ class MemoryBus(Bus):
         log = self._logs.setdefault(gen, _Log())
         log.sealed = log.sealed or "closed"
 
-    async def restore_log(self, gen: str, events: list[Event]) -> None:
-        self._logs[gen] = _Log([(e.seq, e.encode()) for e in events])
+    async def restore_log(self, gen: str, entries: list[LogEntry]) -> None:
+        self._logs[gen] = _Log(list(entries))
 
     async def publish(self, event: Event) -> None:
         self._fan_out(event)

@@ -39,6 +39,7 @@ from server.bus.base import (
     Bus,
     BusUnavailable,
     EventHandler,
+    LogEntry,
     LogSealed,
     ReconnectHandler,
     StopHandler,
@@ -180,16 +181,16 @@ class RedisBus(Bus):
         self._open_logs.add(gen)
         return bool(stopped)
 
-    async def restore_log(self, gen: str, events: list[Event]) -> None:
-        """Replace the log with `events` in one transaction (one round trip)."""
+    async def restore_log(self, gen: str, entries: list[LogEntry]) -> None:
+        """Replace the log with `entries` in one transaction (one round trip)."""
         key = self._key(gen, "log")
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(key)
-        for event in events:
-            pipe.xadd(key, {"e": event.encode()}, id=f"{event.seq}-1")
+        for seq, raw in entries:
+            pipe.xadd(key, {"e": raw}, id=f"{seq}-1")
         pipe.pexpire(key, int(ACTIVE_LOG_TTL_S * 1000))
         await self._call(pipe.execute())
-        if events:
+        if entries:
             self._open_logs.add(gen)
         else:  # nothing was written: the next append starts the log afresh
             self._open_logs.discard(gen)

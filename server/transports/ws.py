@@ -51,19 +51,25 @@ async def ws_endpoint(ws: WebSocket) -> None:
     svc.hub.attach(sub)
     metrics.CLIENTS.labels("ws").inc()
     send = ws.scope.get(RAW_SEND)
+    _release_handshake(send)
+    # Starlette caches the parsed headers and cookies on the connection; the handshake was
+    # their only reader. They are parsed again if anything asks.
+    for cached in ("_headers", "_cookies"):
+        vars(ws).pop(cached, None)
     try:
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(_write(ws, sub, svc, send))
             sub.on_overflow = writer.cancel  # even a writer blocked on an unread socket
             if send is not None:
                 sub.direct = _direct_writer(send, sub)
-            closing = await _read(ws, sub, svc, user)
+            closing = await _read_frames(ws, sub, svc, user)
             writer.cancel()
         if closing is not None:  # the writer is gone: nothing else sends on the socket
             await ws.close(*closing)
     except* (WebSocketDisconnect, SlowConsumer):
         pass
     finally:
+        release(svc, user)
         svc.hub.drop(sub)
         metrics.CLIENTS.labels("ws").dec()
 
@@ -72,21 +78,40 @@ class SlowConsumer(Exception):
     """The client did not read its close frame in time: drop the connection."""
 
 
+PATH = "/ws"
 RAW_SEND = "chatcast.raw_send"
 
 
-class KeepRawSend:
-    """Outermost middleware: keeps the server's own `send` of a WebSocket in its scope, so
-    the hot path writes frames without the per-message wrappers of the layers between."""
+class WebSocketFastPath:
+    """Wraps the app: a WebSocket to `/ws` goes straight to its endpoint, with the server's
+    own `send`. The app's layers do nothing for such a WebSocket (it authenticates in its
+    own handshake) but each keeps a coroutine alive for the socket's whole life and wraps
+    every frame written; skipping them saves memory per idle socket and time per frame.
+    Everything else (HTTP, lifespan) goes on through the app."""
 
     def __init__(self, app: asgi.ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: asgi.Scope, receive: asgi.Receive,
                        send: asgi.Send) -> None:
-        if scope["type"] == "websocket":
+        if scope["type"] == "websocket" and \
+                scope["path"].removeprefix(scope.get("root_path", "")) == PATH:
             scope[RAW_SEND] = send
-        await self.app(scope, receive, send)
+            await ws_endpoint(WebSocket(scope, receive, send))
+        else:
+            await self.app(scope, receive, send)
+
+
+def _release_handshake(send: asgi.Send | None) -> None:
+    """uvicorn keeps the handshake's request and response (with all their headers, ~4 KiB)
+    for the connection's whole life, though nothing reads them once it is accepted. Drop
+    them when the server is one we know does so; otherwise leave everything as it is."""
+    protocol = getattr(send, "__self__", None)
+    if protocol is None or not getattr(protocol, "handshake_complete", False):
+        return
+    for name in ("request", "response"):
+        if getattr(protocol, name, None) is not None:
+            setattr(protocol, name, None)
 
 
 def _direct_writer(send: asgi.Send, sub: Subscriber) -> Callable[[Event], Awaitable[None] | None]:
@@ -177,15 +202,6 @@ async def _write(ws: WebSocket, sub: Subscriber, svc: Services,
         raise SlowConsumer() from None
     except RuntimeError:  # a close frame had already gone out (e.g. shutting down)
         raise SlowConsumer() from None
-
-
-async def _read(ws: WebSocket, sub: Subscriber, svc: Services,
-                user: str) -> tuple[int, str] | None:
-    """Handle frames until the client leaves (None) or must be closed: (code, reason)."""
-    try:
-        return await _read_frames(ws, sub, svc, user)
-    finally:
-        release(svc, user)
 
 
 async def _read_frames(ws: WebSocket, sub: Subscriber, svc: Services,

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from server import protocol
-from server.bus.base import LogSealed
+from server.bus.base import LogSealed, log_entry
 from server.protocol import Event
 from store.ids import new_id
 from tests.bus.conftest import BusFactory, BusProbe
@@ -118,7 +118,7 @@ async def test_restore_log_writes_the_log_again_and_publishes_nothing(
     await peer.bus.watch(chat)
     kept = [protocol.start(chat, gen, new_id(), "demo", "demo-1"), *deltas(chat, gen, ["a", "b"])]
 
-    await bus.bus.restore_log(gen, kept)
+    await bus.bus.restore_log(gen, [log_entry(e) for e in kept])
     nxt = protocol.delta(chat, gen, 3, "c")
     assert await bus.bus.append(nxt) is False
 

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from server import protocol
 from server.bus import redis as redis_bus
-from server.bus.base import BusUnavailable
+from server.bus.base import BusUnavailable, log_entry
 from server.bus.redis import RedisBus
 from store.ids import new_id
 from tests.bus.conftest import BusProbe
@@ -158,7 +158,7 @@ async def test_a_log_lost_in_a_restart_is_refused_then_restored(
         await owner.bus.append(fourth)
     assert await peer.bus.read_log(gen, 0) is None  # nothing half-written
 
-    await owner.bus.restore_log(gen, [*sent, fourth])
+    await owner.bus.restore_log(gen, [log_entry(e) for e in [*sent, fourth]])
     assert await owner.bus.append(protocol.delta(chat, gen, 5, "t5")) is False
     tail = await peer.bus.read_log(gen, 0)
     assert tail is not None and [e.seq for e in tail] == [1, 2, 3, 4, 5]
