@@ -95,7 +95,7 @@ class Bench:
 
     async def saturation(self) -> dict[str, Any]:
         rate, tabs = 50.0, 3
-        steps = [50, 100, 200] if self.quick else [100, 200, 300, 400, 500, 600, 800, 1000]
+        steps = [50, 100, 200] if self.quick else [100, 200, 250, 300, 400, 500, 600, 800, 1000]
         out: dict[str, Any] = {"rate": rate, "tabs": tabs, "limit_ms": 100, "systems": {}}
         for kind in ("baseline", "chatcast"):
             # Raw frame capacity: with coalescing off, chatcast sends one frame per token as
