@@ -16,11 +16,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from server import metrics, protocol
-from server.bus.base import Bus
+from server.bus.base import Bus, BusUnavailable
 from server.codes import Close
 from server.protocol import Cursor, Event
 
 log = logging.getLogger("chatcast.hub")
+
+# A resync that finds the bus unavailable is tried again after these pauses, then given up:
+# the client is closed and resumes by itself.
+RESYNC_RETRIES_S = (0.2, 0.5, 1.0, 2.0)
 
 CatchUp = Callable[[str, Cursor | None], Awaitable[list[Event]]]
 
@@ -281,13 +285,20 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def _resync(self, sub: Subscriber, chat: str, cursor: Cursor | None) -> None:
-        try:
-            events = await self.catch_up(chat, cursor)
-        except Exception:
-            log.exception("resync failed; closing the client so it resumes itself")
-            sub.close(Close.INTERNAL)
+        for delay in RESYNC_RETRIES_S:
+            try:
+                events = await self.catch_up(chat, cursor)
+            except BusUnavailable:  # a moment of overload or a reconnect: try again
+                await asyncio.sleep(delay)
+                continue
+            except Exception:
+                log.exception("resync failed; closing the client so it resumes itself")
+                break
+            sub._finish_sync(chat, events)
             return
-        sub._finish_sync(chat, events)
+        log.warning("resync impossible; closing the client so it resumes itself",
+                    extra={"chat": chat})
+        sub.close(Close.INTERNAL)
 
     def resync_all(self) -> None:
         """After the bus reconnected: every subscriber catches up on every chat."""

@@ -243,10 +243,11 @@ class Runner:
                 log.warning("bus back: generation log restored",
                             extra={"gen": r.gen.id, "chat": r.chat_id, "seq": r.seq})
             return await self.bus.append(event)
-        except BusUnavailable:
+        except BusUnavailable as exc:
             if not r.log_lost:
                 log.warning("bus unavailable: streaming on, log to be restored",
-                            extra={"gen": r.gen.id, "chat": r.chat_id, "seq": r.seq})
+                            extra={"gen": r.gen.id, "chat": r.chat_id, "seq": r.seq,
+                                   "reason": exc.message})
             r.log_lost = True
             return False
 

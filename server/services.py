@@ -33,7 +33,8 @@ def make_bus(settings: Settings) -> Bus:
         return MemoryBus(retention_s=settings.log_retention_s)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from server.bus.redis import RedisBus  # type: ignore[import-not-found,unused-ignore]
-        bus: Bus = RedisBus(url, retention_s=settings.log_retention_s)
+        bus: Bus = RedisBus(url, retention_s=settings.log_retention_s,
+                            max_connections=settings.redis_max_connections)
         return bus
     raise ValueError(f"unsupported bus URL {url!r}: use memory:// or redis://")
 

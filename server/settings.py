@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     # permessage-deflate keeps ~45 KiB of zlib state per socket and compresses every frame
     # for each socket separately; deltas are tens of bytes. Off unless asked for.
     ws_compression: bool = False
+    redis_max_connections: int = 64  # command connections per process (pub/sub: one more)
     sse_heartbeat_s: float = 15.0
     poll_max_wait_s: float = 30.0
     shutdown_grace_s: float = 10.0

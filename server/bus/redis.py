@@ -27,12 +27,12 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.bus.base import (
@@ -87,7 +87,8 @@ return 0
 
 
 class RedisBus(Bus):
-    def __init__(self, url: str, *, retention_s: float = 900.0, prefix: str = "cc:") -> None:
+    def __init__(self, url: str, *, retention_s: float = 900.0, prefix: str = "cc:",
+                 max_connections: int = 64) -> None:
         self.url = url
         self.retention_s = retention_s
         self.prefix = prefix
@@ -99,9 +100,14 @@ class RedisBus(Bus):
                                   "socket_keepalive": True}
         # One retry: a pooled connection that died with a Redis restart is replaced at once.
         # Every command is safe to repeat (appends of a seen seq are ignored by the script).
-        self._redis: Redis = Redis.from_url(
-            url, client_name="chatcast-cmd", socket_timeout=SOCKET_TIMEOUT_S,
+        # A blocking pool: with more commands in flight than connections (hundreds of
+        # generations appending at once), a command waits for a connection rather than
+        # failing ("Too many connections" is not "Redis is down").
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=SOCKET_TIMEOUT_S,
+            client_name="chatcast-cmd", socket_timeout=SOCKET_TIMEOUT_S,
             health_check_interval=15, retry=Retry(NoBackoff(), 1), **common)
+        self._redis: Redis = Redis.from_pool(pool)
         # The pub/sub connection does not retry by itself: the listener owns reconnecting.
         self._sub_redis: Redis = Redis.from_url(
             url, client_name="chatcast-pubsub", socket_timeout=SOCKET_TIMEOUT_S,
@@ -114,6 +120,9 @@ class RedisBus(Bus):
         # Generations this process appended to and has not ended: their log must exist.
         self._open_logs: set[str] = set()
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
+        # Appends waiting for the end of the current loop turn, and batches in flight.
+        self._batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._batches: set[asyncio.Task[None]] = set()
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
         self._on_event: EventHandler | None = None
@@ -147,6 +156,9 @@ class RedisBus(Bus):
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
+        for task in list(self._batches):
+            task.cancel()
+        await asyncio.gather(*self._batches, return_exceptions=True)
         await self._drop_pubsub()
         await self._close_clients()
 
@@ -164,13 +176,15 @@ class RedisBus(Bus):
 
     async def append(self, event: Event) -> bool:
         gen = str(event.gen)
-        keys = [self._key(gen, "log"), self._key(gen, "stop"), self._key(gen, "sealed")]
-        args: list[str | bytes | int] = [f"{event.seq}-1", event.encode(),
-                                         self._chat_channel(event.chat),
-                                         int(ACTIVE_LOG_TTL_S * 1000),
-                                         int(gen in self._open_logs),
-                                         int(event.type == "done")]
-        added, stopped = await self._call(self._append(keys, args))
+        call = (self._key(gen, "log"), self._key(gen, "stop"), self._key(gen, "sealed"),
+                f"{event.seq}-1", event.encode(), self._chat_channel(event.chat),
+                int(ACTIVE_LOG_TTL_S * 1000), int(gen in self._open_logs),
+                int(event.type == "done"))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((call, future))
+        if len(self._batch) == 1:  # the first of this loop turn: send them all at its end
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        added, stopped = await future
         self.stats["appends"] += 1
         if added == -2:
             raise LogSealed(f"generation {gen} was ended elsewhere")
@@ -180,6 +194,46 @@ class RedisBus(Bus):
             self.stats["duplicates"] += 1
         self._open_logs.add(gen)
         return bool(stopped)
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _run_batch(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        """Appends made in the same turn of the event loop go out in one pipeline: one round
+        trip and one connection for all of them (each is still its own script run)."""
+        try:
+            results = await self._pipeline([call for call, _ in batch])
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _pipeline(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for call in calls:
+                pipe.evalsha(self._append.sha, 3, *call)
+            results: list[Any] = await self._call(pipe.execute(raise_on_error=False))
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                # Redis restarted (or is another server): load the script, run them again.
+                # Repeats are safe: an id already in the log is not added twice.
+                self._append.sha = await self._call(self._redis.script_load(_APPEND))
+                continue
+            return results
+        return results
 
     async def restore_log(self, gen: str, entries: list[LogEntry]) -> None:
         """Replace the log with `entries` in one transaction (one round trip)."""

@@ -285,3 +285,49 @@ async def _client_list(url: str) -> list[dict[str, str]]:
         return clients
     finally:
         await probe.aclose()
+
+
+# -- Many appends at once ------------------------------------------------------------------
+
+
+async def test_appends_of_one_loop_turn_share_a_round_trip_and_never_run_out_of_connections(
+        redis_url: str, key_prefix: str, buses: list[RedisProbe]) -> None:
+    """300 generations appending at the same moment through a pool of 2 connections: every
+    append lands (no "Too many connections" surfacing as an outage), watchers get every
+    event, and they travel in a few pipelined round trips instead of 300."""
+    probe = RedisProbe(RedisBus(redis_url, prefix=key_prefix, max_connections=2))
+    buses.append(probe)
+    await probe.start()
+    peer = await _start(buses, redis_url, key_prefix)
+    chat = new_id()
+    await peer.bus.watch(chat)
+    gens = [new_id() for _ in range(300)]
+    before = probe.bus.stats["round_trips"]
+
+    stops = await asyncio.gather(*(probe.bus.append(protocol.delta(chat, gen, 1, f"t-{gen}"))
+                                   for gen in gens))
+
+    assert stops == [False] * len(gens)
+    assert probe.bus.stats["round_trips"] - before <= 5
+    await peer.wait_events(chat, len(gens))
+    assert {e["gen"] for e in peer.events_of(chat)} == set(gens)
+    for gen in gens[:5]:
+        log_events = await peer.bus.read_log(gen, 0)
+        assert log_events is not None and [e.text() for e in log_events] == \
+            [protocol.delta(chat, gen, 1, f"t-{gen}").text()]
+
+
+async def test_a_restarted_redis_gets_the_append_script_again(
+        redis_server: ServerFactory, key_prefix: str, buses: list[RedisProbe]) -> None:
+    """Scripts live in Redis's memory: after a restart the pipelined appends load theirs
+    again instead of failing with NOSCRIPT."""
+    server = redis_server()
+    owner = await _start(buses, server.url, key_prefix)
+    chat = new_id()
+    await owner.bus.append(protocol.delta(chat, new_id(), 1, "before"))
+    await asyncio.to_thread(server.restart)
+    await owner.wait_reconnect()
+    gen = new_id()
+    assert await owner.bus.append(protocol.delta(chat, gen, 1, "after")) is False
+    tail = await owner.bus.read_log(gen, 0)
+    assert tail is not None and [e.seq for e in tail] == [1]
