@@ -117,10 +117,28 @@ def _release_handshake(send: asgi.Send | None) -> None:
 def _direct_writer(send: asgi.Send, sub: Subscriber) -> Callable[[Event], Awaitable[None] | None]:
     """Write a frame from the calling task. The server's send completes without suspending
     unless the socket pushes back; then the started write is returned for the writer task
-    to finish (the same coroutine, resumed: nothing is written twice or reordered)."""
+    to finish (the same coroutine, resumed: nothing is written twice or reordered).
+
+    On uvicorn's websockets-sansio protocol, a socket that is open and writable gets the
+    frame the way that send would write it (the sans-I/O connection frames it, the transport
+    writes it) minus the ASGI message, the coroutine and a str -> bytes copy per socket: the
+    event's JSON bytes go out as they are. Any other state takes the ASGI path."""
     frames = metrics.FRAMES_SENT.labels("ws")
+    protocol: Any = getattr(send, "__self__", None)
+    fast = protocol is not None and all(hasattr(protocol, name) for name in _SANSIO_STATE)
 
     def write(event: Event) -> Awaitable[None] | None:
+        if fast and protocol.handshake_complete and not protocol.close_sent \
+                and not protocol.disconnected and protocol.initial_response is None \
+                and protocol.writable.is_set():
+            try:
+                protocol.conn.send_text(event.encode())
+                protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+            except Exception:  # the connection is gone: its reader sees the disconnect
+                sub.direct = None
+                return None
+            frames.inc()
+            return None
         # An `async def` send, as every server has: a coroutine we may step ourselves.
         coro = cast(Coroutine[Any, Any, None], send({"type": "websocket.send",
                                                      "text": event.text()}))
@@ -135,6 +153,11 @@ def _direct_writer(send: asgi.Send, sub: Subscriber) -> Callable[[Event], Awaita
         return _Resumed(coro, yielded)
 
     return write
+
+
+# What uvicorn's websockets-sansio send consults before writing a frame.
+_SANSIO_STATE = ("conn", "transport", "writable", "handshake_complete", "close_sent",
+                 "disconnected", "initial_response")
 
 
 class _Resumed:
