@@ -83,7 +83,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines += ["", f"## 1. Fan-out: {f['gens']} generations × {f['tabs']} tabs, "
                   f"R = {f['rate']:g} tokens/s", "",
                   "| system | CPU µs / frame | × baseline | frames/s | latency p50 ms | "
-                  "latency p99 ms | lateness p99 ms | server CPU | Redis round trips / "
+                  "latency p99 ms | lateness p99 ms | server CPU | Redis appends / "
                   "token | exact |", "|---|---|---|---|---|---|---|---|---|---|"]
         for label, v in s.items():
             ratio = v["cpu_us_per_frame"]["median"] / base
@@ -102,9 +102,9 @@ def markdown(res: dict[str, Any]) -> str:
                                  if k != "total")
                 lines.append(f"\nRedis commands, {label} (last run, {r['produced_tokens']} "
                              f"tokens produced): {cmds}; {r['commands_per_token']} commands "
-                             f"and {r['round_trips_per_token']} round trips per produced "
-                             f"token, {r['round_trips_per_delivered_token']} per delivered "
-                             "token.")
+                             f"and {r['round_trips_per_token']} appends (EVALSHA; one pipeline "
+                             "carries all appends of a loop turn) per produced token, "
+                             f"{r['round_trips_per_delivered_token']} per delivered token.")
     if "saturation" in sc:
         s = sc["saturation"]
         lines += ["", f"## 2. Saturation (R = {s['rate']:g}, {s['tabs']} tabs per generation, "
