@@ -227,41 +227,36 @@ def plots(res: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         made.append("fanout.png")
     if "saturation" in sc:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for label, v in sc["saturation"]["systems"].items():
-            xs = [p["offered_frames_per_s"] for p in v["points"]]
-            axes[0].plot(xs, [p["frames_per_s"] for p in v["points"]], "o-", label=label)
-            axes[1].plot(xs, [p["lateness_ms"]["p99"] for p in v["points"]], "o-", label=label)
-        axes[0].set_title("delivered frames/s (1 process)")
-        axes[1].set_title("p99 lateness vs schedule (ms)")
-        axes[1].set_yscale("log")
-        axes[1].axhline(100, color="red", lw=0.8, ls="--")
-        for ax in axes:
-            ax.set_xlabel("offered frames/s")
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "saturation.png", dpi=110)
-        plt.close(fig)
-        made.append("saturation.png")
+        made.append(_sweep_plot(plt, sc["saturation"]["systems"], out / "saturation.png",
+                                unit="frames", limit_ms=100,
+                                title="delivered frames/s (1 process)"))
     if "coalescing" in sc:
         c = sc["coalescing"]
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for label, v in c["systems"].items():
-            xs = [p["offered_tokens_per_s"] for p in v["points"]]
-            axes[0].plot(xs, [p["tokens_per_s"] for p in v["points"]], "o-", label=label)
-            axes[1].plot(xs, [p["lateness_ms"]["p99"] for p in v["points"]], "o-", label=label)
-        axes[0].set_title(f"delivered tokens/s at R = {c['rate']:g} (1 process)")
-        axes[1].set_title("p99 lateness vs schedule (ms)")
-        axes[1].set_yscale("log")
-        axes[1].axhline(c["limit_ms"], color="red", lw=0.8, ls="--")
-        for ax in axes:
-            ax.set_xlabel("offered tokens/s")
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "coalescing.png", dpi=110)
-        plt.close(fig)
-        made.append("coalescing.png")
+        made.append(_sweep_plot(plt, c["systems"], out / "coalescing.png", unit="tokens",
+                                limit_ms=c["limit_ms"],
+                                title=f"delivered tokens/s at R = {c['rate']:g} (1 process)"))
     return made
+
+
+def _sweep_plot(plt: Any, systems: dict[str, Any], path: Path, *, unit: str, limit_ms: float,
+                title: str) -> str:
+    """Delivered vs offered, and p99 lateness, for a load sweep of several systems."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, v in systems.items():
+        xs = [p[f"offered_{unit}_per_s"] for p in v["points"]]
+        axes[0].plot(xs, [p[f"{unit}_per_s"] for p in v["points"]], "o-", label=label)
+        axes[1].plot(xs, [p["lateness_ms"]["p99"] for p in v["points"]], "o-", label=label)
+    axes[0].set_title(title)
+    axes[1].set_title("p99 lateness vs schedule (ms)")
+    axes[1].set_yscale("log")
+    axes[1].axhline(limit_ms, color="red", lw=0.8, ls="--")
+    for ax in axes:
+        ax.set_xlabel(f"offered {unit}/s")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def write(res: dict[str, Any], out: Path) -> None:
