@@ -132,28 +132,25 @@ def content_digest(text: str) -> tuple[int, str]:
 
 @dataclass(slots=True, eq=False)
 class Event:
-    """A server → client event. `data` is the JSON object; `encoded` is computed once."""
+    """A server → client event. `data` is the JSON object (its type, chat, gen and seq are
+    read once, at construction, and must not change); `encoded` is computed once."""
 
     data: dict[str, Any]
     _raw: bytes | None = field(default=None, repr=False)
     _text: str | None = field(default=None, repr=False)
+    # Read for every subscriber an event is delivered to: taken from `data` once.
+    type: str = field(init=False, repr=False)
+    chat: str = field(init=False, repr=False)
+    gen: str | None = field(init=False, repr=False)
+    seq: int = field(init=False, repr=False)
 
-    @property
-    def type(self) -> str:
-        return str(self.data["type"])
-
-    @property
-    def chat(self) -> str:
-        return str(self.data.get("chat", ""))
-
-    @property
-    def gen(self) -> str | None:
-        gen = self.data.get("gen")
-        return str(gen) if gen is not None else None
-
-    @property
-    def seq(self) -> int:
-        return int(self.data.get("seq", 0))
+    def __post_init__(self) -> None:
+        data = self.data
+        self.type = str(data["type"])
+        self.chat = str(data.get("chat", ""))
+        gen = data.get("gen")
+        self.gen = str(gen) if gen is not None else None
+        self.seq = int(data.get("seq", 0))
 
     @property
     def is_positioned(self) -> bool:
