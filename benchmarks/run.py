@@ -94,35 +94,18 @@ class Bench:
     # Scenario 2 -----------------------------------------------------------------------
 
     async def saturation(self) -> dict[str, Any]:
-        rate, tabs = 50.0, 3
+        rate, tabs, limit_ms = 50.0, 3, 100
         steps = [50, 100, 200] if self.quick else [100, 200, 250, 300, 400, 500, 600, 800, 1000]
-        out: dict[str, Any] = {"rate": rate, "tabs": tabs, "limit_ms": 100, "systems": {}}
+        out: dict[str, Any] = {"rate": rate, "tabs": tabs, "limit_ms": limit_ms, "systems": {}}
         for kind in ("baseline", "chatcast"):
             # Raw frame capacity: with coalescing off, chatcast sends one frame per token as
             # the baseline does (scenario 3 measures what coalescing adds).
             server = self.baseline(rate) if kind == "baseline" else \
                 self.chatcast("memory bus, 1 process", rate=rate,
                               extra={"CHATCAST_COALESCE_MAX_MS": "0"})
-            points: list[dict[str, Any]] = []
-            try:
-                for gens in steps:
-                    r = await loadgen.fanout_run(Target(server.kind, server.ports), server.cpu,
-                                                 gens=gens, tabs=tabs, rate=rate,
-                                                 window_s=3.0 if self.quick else 4.0,
-                                                 warmup_s=1.5, drain_timeout_s=15)
-                    point = {"gens": gens, "offered_frames_per_s": gens * tabs * rate,
-                             "frames_per_s": r.frames_per_s, "lateness_ms": r.lateness_ms,
-                             "latency_ms": r.latency_ms, "server_cpu_util": r.server_cpu_util,
-                             "loadgen_cpu_util": r.loadgen_cpu_util, "correct": r.correct}
-                    points.append(point)
-                    print(f"  saturation {server.label} {gens} gens: {r.frames_per_s} "
-                          f"frames/s, lateness p99 {r.lateness_ms['p99']} ms, "
-                          f"cpu {r.server_cpu_util}", flush=True)
-                    if r.lateness_ms["p99"] > 100 or r.server_cpu_util > 0.97:
-                        break
-            finally:
-                server.stop()
-            ok = [p for p in points if p["lateness_ms"]["p99"] <= 100]
+            points = await self._sweep("saturation", server, steps, rate=rate, tabs=tabs,
+                                       limit_ms=limit_ms, drain_timeout_s=15)
+            ok = [p for p in points if p["lateness_ms"]["p99"] <= limit_ms]
             best = max((p["frames_per_s"] for p in ok), default=0.0)
             out["systems"][server.label] = {"points": points, "max_frames_per_s": best}
         return out
@@ -135,7 +118,6 @@ class Bench:
         the chunks that arrive while it is busy, so it carries more tokens per frame."""
         rate, tabs, limit_ms = 200.0, 5, 50.0
         steps = [20, 40, 60] if self.quick else [100, 200, 300, 400]
-        window = 3.0 if self.quick else 4.0
         out: dict[str, Any] = {"rate": rate, "tabs": tabs, "limit_ms": limit_ms,
                                "systems": {}}
         for label in ("baseline (websockets)", "chatcast, coalescing on",
@@ -145,35 +127,44 @@ class Bench:
             else:
                 off = {"CHATCAST_COALESCE_MAX_MS": "0"} if label.endswith("off") else None
                 server = self.chatcast(label, rate=rate, extra=off)
-            points: list[dict[str, Any]] = []
-            try:
-                for gens in steps:
-                    r = await loadgen.fanout_run(Target(server.kind, server.ports), server.cpu,
-                                                 gens=gens, tabs=tabs, rate=rate,
-                                                 window_s=window, warmup_s=1.5,
-                                                 drain_timeout_s=20)
-                    point = {"gens": gens, "offered_tokens_per_s": gens * tabs * rate,
-                             "tokens_per_s": r.tokens_per_s, "frames_per_s": r.frames_per_s,
-                             "tokens_per_frame": round(r.tokens_per_s /
-                                                       max(r.frames_per_s, 1), 2),
-                             "cpu_us_per_token": r.cpu_us_per_token,
-                             "lateness_ms": r.lateness_ms, "latency_ms": r.latency_ms,
-                             "server_cpu_util": r.server_cpu_util,
-                             "loadgen_cpu_util": r.loadgen_cpu_util, "correct": r.correct}
-                    points.append(point)
-                    print(f"  coalescing {label} {gens} gens: {r.tokens_per_s} tokens/s in "
-                          f"{r.frames_per_s} frames/s, lateness p99 {r.lateness_ms['p99']} "
-                          f"ms, cpu {r.server_cpu_util}, correct={r.correct}", flush=True)
-                    if r.lateness_ms["p99"] > limit_ms or r.server_cpu_util > 0.97:
-                        break
-            finally:
-                server.stop()
+            points = await self._sweep("coalescing", server, steps, rate=rate, tabs=tabs,
+                                       limit_ms=limit_ms, drain_timeout_s=20)
             ok = [p for p in points if p["lateness_ms"]["p99"] <= limit_ms and p["correct"]]
             best = max(ok, key=lambda p: p["tokens_per_s"], default=None)
             out["systems"][label] = {"points": points,
                                      "max_tokens_per_s": best["tokens_per_s"] if best else 0.0,
                                      "best": best}
         return out
+
+    async def _sweep(self, scenario: str, server: procs.Server, steps: list[int], *,
+                     rate: float, tabs: int, limit_ms: float,
+                     drain_timeout_s: float) -> list[dict[str, Any]]:
+        """One fan-out run per number of generations in `steps`, until p99 lateness passes
+        `limit_ms` or the server's CPU is saturated; then the server is stopped."""
+        points: list[dict[str, Any]] = []
+        try:
+            for gens in steps:
+                r = await loadgen.fanout_run(Target(server.kind, server.ports), server.cpu,
+                                             gens=gens, tabs=tabs, rate=rate,
+                                             window_s=3.0 if self.quick else 4.0,
+                                             warmup_s=1.5, drain_timeout_s=drain_timeout_s)
+                offered = gens * tabs * rate
+                points.append({
+                    "gens": gens, "offered_frames_per_s": offered,
+                    "offered_tokens_per_s": offered, "frames_per_s": r.frames_per_s,
+                    "tokens_per_s": r.tokens_per_s,
+                    "tokens_per_frame": round(r.tokens_per_s / max(r.frames_per_s, 1), 2),
+                    "cpu_us_per_token": r.cpu_us_per_token, "lateness_ms": r.lateness_ms,
+                    "latency_ms": r.latency_ms, "server_cpu_util": r.server_cpu_util,
+                    "loadgen_cpu_util": r.loadgen_cpu_util, "correct": r.correct})
+                print(f"  {scenario} {server.label} {gens} gens: {r.tokens_per_s} tokens/s in "
+                      f"{r.frames_per_s} frames/s, lateness p99 {r.lateness_ms['p99']} ms, "
+                      f"cpu {r.server_cpu_util}, correct={r.correct}", flush=True)
+                if r.lateness_ms["p99"] > limit_ms or r.server_cpu_util > 0.97:
+                    break
+        finally:
+            server.stop()
+        return points
 
     # Scenario 4 -----------------------------------------------------------------------
 
