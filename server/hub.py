@@ -285,19 +285,21 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def _resync(self, sub: Subscriber, chat: str, cursor: Cursor | None) -> None:
-        for delay in RESYNC_RETRIES_S:
+        for pause in (0.0, *RESYNC_RETRIES_S):
+            if pause:
+                await asyncio.sleep(pause)
             try:
                 events = await self.catch_up(chat, cursor)
             except BusUnavailable:  # a moment of overload or a reconnect: try again
-                await asyncio.sleep(delay)
                 continue
             except Exception:
                 log.exception("resync failed; closing the client so it resumes itself")
                 break
             sub._finish_sync(chat, events)
             return
-        log.warning("resync impossible; closing the client so it resumes itself",
-                    extra={"chat": chat})
+        else:
+            log.warning("bus unavailable for a resync; closing the client so it resumes "
+                        "itself", extra={"chat": chat})
         sub.close(Close.INTERNAL)
 
     def resync_all(self) -> None:

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from server import hub as hub_module
 from server import protocol
+from server.bus.base import BusUnavailable
 from server.bus.memory import MemoryBus
+from server.codes import Close
 from server.hub import Hub, Subscriber
 from server.protocol import Cursor, Event
 
@@ -113,3 +118,31 @@ def test_many_interleaved_generations_merge_and_barriers_keep_order() -> None:
     sub.deliver(protocol.start("c", "new", "m", "demo", "demo-1"))
     sub.deliver(delta("g0", 22, "b"))
     assert [(e.type, e.seq) for e in sub.drain()] == [("delta", 21), ("start", 0), ("delta", 22)]
+
+
+async def test_a_resync_outlasts_a_short_bus_outage_and_gives_up_on_a_long_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "RESYNC_RETRIES_S", (0.01, 0.01, 0.01))
+    failures = {"c": 2, "d": 99}  # chat -> catch-ups that find the bus unavailable
+
+    async def catch_up(chat: str, cursor: Cursor | None) -> list[Event]:
+        if failures[chat] > 0:
+            failures[chat] -= 1
+            raise BusUnavailable("down")
+        return [delta("g", 2)]
+
+    hub = Hub(MemoryBus(), catch_up)
+    short, long = Subscriber("test"), Subscriber("test")
+    for sub, chat in ((short, "c"), (long, "d")):
+        ready(sub, chat)
+        sub.deliver(protocol.start(chat, "g", "m", "demo", "demo-1"))
+        sub.deliver(protocol.delta(chat, "g", 1, "x"))
+        sub.drain()
+        hub.resync(sub, chat)
+    await asyncio.wait_for(asyncio.gather(*hub._tasks), 1)
+
+    assert [(e.type, e.seq) for e in short.drain()] == [("delta", 2)]
+    assert short.close_code is None
+    assert long.close_code == Close.INTERNAL and long.drain() == []
+    assert failures["d"] == 99 - 4  # the first try and one after each pause
+    await hub.close()
