@@ -35,7 +35,9 @@ log = logging.getLogger("chatcast.ws")
 CLOSE_TIMEOUT_S = 5.0
 
 
-async def ws_endpoint(ws: WebSocket) -> None:
+async def ws_endpoint(ws: WebSocket, send: asgi.Send | None = None) -> None:
+    """One client connection. `send` is the server's own ASGI send when the caller has it
+    (WebSocketFastPath); frames then skip the layers in between."""
     svc = services(ws)
     if svc.shutting_down.is_set():
         await ws.close(Close.GOING_AWAY)
@@ -50,7 +52,6 @@ async def ws_endpoint(ws: WebSocket) -> None:
     sub = svc.subscriber("ws")
     svc.hub.attach(sub)
     metrics.CLIENTS.labels("ws").inc()
-    send = ws.scope.get(RAW_SEND)
     _release_handshake(send)
     # Starlette caches the parsed headers and cookies on the connection; the handshake was
     # their only reader. They are parsed again if anything asks.
@@ -79,7 +80,6 @@ class SlowConsumer(Exception):
 
 
 PATH = "/ws"
-RAW_SEND = "chatcast.raw_send"
 
 
 class WebSocketFastPath:
@@ -96,8 +96,7 @@ class WebSocketFastPath:
                        send: asgi.Send) -> None:
         if scope["type"] == "websocket" and \
                 scope["path"].removeprefix(scope.get("root_path", "")) == PATH:
-            scope[RAW_SEND] = send
-            await ws_endpoint(WebSocket(scope, receive, send))
+            await ws_endpoint(WebSocket(scope, receive, send), send)
         else:
             await self.app(scope, receive, send)
 
