@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,11 @@ class Running:
     sealed: bool = False  # another process ended it (it took this one for dead)
     checkpointed: int = 0  # the seq the last SQL checkpoint reached
     finishing: bool = False  # the final write has begun: no more checkpoints
+    # The pump is inside a bus call: a cancellation now would leave unknown whether the bus
+    # took the event, so it waits (`halt_pending`) until the call returns.
+    in_bus_call: bool = False
+    halt_pending: bool = False
+    shutting_down: bool = False  # the process is stopping: the answer ends `interrupted`
 
 
 class Runner:
@@ -75,6 +80,7 @@ class Runner:
         self.registry = registry
         self.running: dict[str, Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._starts: set[asyncio.Future[Started]] = set()
         self.reaper = Reaper(repo, bus, self.running)
         self._checkpoints: asyncio.Task[None] | None = None
         # Orders checkpoints before final writes (a late checkpoint never overwrites them).
@@ -85,6 +91,27 @@ class Runner:
 
     async def send(self, user_id: str, chat_id: str, content: str,
                    client_msg_id: str | None) -> Started:
+        return await self._unless_started(self._send(user_id, chat_id, content, client_msg_id))
+
+    async def regenerate(self, user_id: str, chat_id: str, message_id: str | None) -> Started:
+        return await self._unless_started(self._regenerate(user_id, chat_id, message_id))
+
+    async def continue_(self, user_id: str, gen_id: str) -> Started:
+        return await self._unless_started(self._continue(user_id, gen_id))
+
+    async def _unless_started(self, start: Coroutine[Any, Any, Started]) -> Started:
+        """Run a start (SQL rows, then the generation's task) so that the caller's
+        cancellation — its socket closed, its request abandoned — cannot stop it half-way:
+        once the rows may be committed, the generation must run to a terminal state. The
+        caller still sees its cancellation; the start goes on without it."""
+        task = asyncio.ensure_future(start)
+        self._starts.add(task)
+        task.add_done_callback(_settled)
+        task.add_done_callback(self._starts.discard)
+        return await asyncio.shield(task)
+
+    async def _send(self, user_id: str, chat_id: str, content: str,
+                    client_msg_id: str | None) -> Started:
         chat = await self.repo.get_chat(user_id, chat_id)
         provider, model = self.registry.resolve(chat.provider, chat.model)
         started = await self.repo.start_send(user_id, chat_id, content, client_msg_id,
@@ -97,7 +124,7 @@ class Runner:
             await self._launch(started)
         return started
 
-    async def regenerate(self, user_id: str, chat_id: str, message_id: str | None) -> Started:
+    async def _regenerate(self, user_id: str, chat_id: str, message_id: str | None) -> Started:
         chat = await self.repo.get_chat(user_id, chat_id)
         provider, model = self.registry.resolve(chat.provider, chat.model)
         started = await self.repo.start_regenerate(user_id, chat_id, message_id, provider,
@@ -105,13 +132,21 @@ class Runner:
         await self._launch(started)
         return started
 
-    async def continue_(self, user_id: str, gen_id: str) -> Started:
+    async def _continue(self, user_id: str, gen_id: str) -> Started:
         started = await self.repo.start_continue(user_id, gen_id, self.bus.owner)
         await self._launch(started)
         return started
 
     async def stop(self, user_id: str, gen_id: str | None, chat_id: str | None) -> Generation:
-        """Stop a generation for everyone. Idempotent: a finished one is returned as is."""
+        """Stop a generation for everyone. Idempotent: a finished one is returned as is.
+
+        A generation this process runs for this user is stopped at once, without a SQL read
+        first (under load the read can wait behind checkpoints for a second or more, and the
+        answer would go on growing meanwhile)."""
+        local = self._local(user_id, gen_id, chat_id)
+        if local is not None:
+            await self.bus.request_stop(local.gen.id)
+            return local.gen
         if gen_id is not None:
             gen = await self.repo.get_generation(user_id, gen_id)
         else:
@@ -126,27 +161,46 @@ class Runner:
             await self.bus.request_stop(gen.id)
         return gen
 
+    def _local(self, user_id: str, gen_id: str | None, chat_id: str | None) -> Running | None:
+        if gen_id is not None:
+            r = self.running.get(gen_id)
+        else:
+            r = next((r for r in self.running.values() if r.chat_id == chat_id), None)
+        return r if r is not None and r.gen.user_id == user_id else None
+
     def on_stop(self, gen_id: str) -> None:
         """Bus callback: a stop was requested for `gen_id` (maybe by another process)."""
         running = self.running.get(gen_id)
         if running is not None and not running.stop_requested:
             running.stop_requested = True
-            if running.pump is not None:
-                running.pump.cancel()
+            self._halt(running)
+
+    @staticmethod
+    def _halt(r: Running) -> None:
+        """End the pump at the next safe point. The pump is cancelled only while it waits on
+        the provider (or the pacer): a stop, the time limit or shutdown that arrives during a
+        bus call takes effect when that call returns, so the runner always knows whether the
+        bus took the event, and its seq, content and log match what the tabs were sent."""
+        if r.pump is None or r.pump.done():
+            return
+        if r.in_bus_call:
+            r.halt_pending = True
+        else:
+            r.pump.cancel()
 
     # The generation itself -----------------------------------------------------------
 
     async def _launch(self, started: Started) -> None:
+        """Start the generation's task; return once its `start` is on the bus.
+
+        Everything after the SQL rows exist runs inside the task, so a caller that goes away
+        (its socket closed, its request cancelled) cannot leave the generation half-started:
+        whatever happens, the task ends it with one terminal state."""
         gen = started.generation
         running = Running(gen, gen.chat_id, gen.message_id, started.base_content)
         self.running[gen.id] = running
-        await self._refresh_lease(running)
-        # `start` opens the generation's log at seq 0, so a cursor (gen, 0) is replayable
-        # before the first delta exists.
-        await self._append(running, protocol.start(gen.chat_id, gen.id, gen.message_id,
-                                                   gen.provider, gen.model))
-        metrics.ACTIVE_GENERATIONS.inc()
-        task = asyncio.get_running_loop().create_task(self._run(running),
+        begun: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.get_running_loop().create_task(self._run(running, begun),
                                                       name=f"generation-{gen.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -154,19 +208,30 @@ class Runner:
             self._checkpoints = asyncio.get_running_loop().create_task(
                 self._checkpoint_loop(), name="runner-checkpoints")
         self.pacer.start()
+        await begun
 
-    async def _run(self, r: Running) -> None:
+    async def _begin(self, r: Running) -> None:
+        await self._refresh_lease(r)
+        # `start` opens the generation's log at seq 0, so a cursor (gen, 0) is replayable
+        # before the first delta exists.
+        await self._append(r, protocol.start(r.chat_id, r.gen.id, r.message_id,
+                                             r.gen.provider, r.gen.model))
+
+    async def _run(self, r: Running, begun: asyncio.Future[None]) -> None:
         """Drive the pump under the wall-clock limit and always end with one terminal state."""
         status, error = "completed", None
-        r.pump = asyncio.create_task(self._pump(r), name=f"pump-{r.gen.id}")
+        metrics.ACTIVE_GENERATIONS.inc()
+        r.pump = asyncio.create_task(self._pump(r, begun), name=f"pump-{r.gen.id}")
         try:
             async with asyncio.timeout(self.settings.generation_timeout_s):
+                # Shielded: the time limit ends the wait here, and the pump is then halted
+                # at a safe point (`_halt`) rather than cancelled wherever it happens to be.
                 await asyncio.shield(r.pump)
         except TimeoutError:
             status, error = "error", {"code": str(Code.PROVIDER_UNAVAILABLE),
                                       "message": "the answer took longer than the time limit"}
         except asyncio.CancelledError:
-            # Either the pump was stopped before it ran, or this process is shutting down.
+            # The pump was cancelled before it ran its own handler (a stop that came first).
             status = "stopped" if r.stop_requested else "interrupted"
         except ProviderFailure as exc:
             status, error = "error", _provider_error(exc)
@@ -181,16 +246,22 @@ class Runner:
                 status = "interrupted"  # another process took it for dead and ended it
             elif r.stop_requested:
                 status = "stopped"
+            elif r.shutting_down:
+                status = "interrupted"
         finally:
             if not r.pump.done():
-                r.pump.cancel()
+                self._halt(r)
                 await asyncio.gather(r.pump, return_exceptions=True)
+            if not begun.done():
+                begun.set_result(None)
             await self._finish(r, status, error)
 
-    async def _pump(self, r: Running) -> None:
-        """Provider → bus. Cancelled by `stop` (the provider closes its connection)."""
+    async def _pump(self, r: Running, begun: asyncio.Future[None]) -> None:
+        """Provider → bus. Halted by `stop` (the provider closes its connection)."""
         try:
-            if r.stop_requested:
+            await self._begin(r)
+            begun.set_result(None)
+            if r.stop_requested or r.halt_pending:
                 return
             history = await self._history(r)
             started_at = time.monotonic()
@@ -219,12 +290,13 @@ class Runner:
                 r.content += chunk.text
                 if stop:
                     self.on_stop(r.gen.id)
+                if r.stop_requested or r.halt_pending:
                     return
                 hold = self.pacer.hold_s()
                 if hold:  # overloaded: let the next chunks gather into one delta
                     await asyncio.sleep(hold)
         except asyncio.CancelledError:
-            if not r.stop_requested:
+            if not (r.stop_requested or r.shutting_down):
                 raise
         finally:
             r.meta["tokens"] = r.seq
@@ -234,8 +306,12 @@ class Runner:
     async def _append(self, r: Running, event: protocol.Event) -> bool:
         """Append to the bus; returns True if a stop was requested. While the bus is down
         the generation goes on (text is kept here and checkpointed to SQL); when the bus is
-        back, the whole log is written again before anything new is published."""
+        back, the whole log is written again before anything new is published.
+
+        Not interrupted by a halt (see `_halt`): when it returns, the caller knows whether
+        the bus took the event."""
         r.log.append(log_entry(event))
+        r.in_bus_call = True
         try:
             if r.log_lost:
                 await self.bus.restore_log(r.gen.id, r.log[:-1])
@@ -250,6 +326,8 @@ class Runner:
                                    "reason": exc.message})
             r.log_lost = True
             return False
+        finally:
+            r.in_bus_call = False
 
     async def _checkpoint_loop(self) -> None:
         """Every checkpoint interval, the partial text of every running generation that
@@ -339,17 +417,35 @@ class Runner:
             except Exception:
                 log.exception("orphan sweep failed")
 
-    async def close(self, grace_s: float) -> None:
-        """Let running generations finish within the grace period, then interrupt the rest."""
+    async def close(self, grace_s: float, finish_s: float = 10.0) -> None:
+        """Let running generations finish within the grace period, then interrupt the rest:
+        each is halted at a safe point and ends `interrupted` with its `done` (given
+        `finish_s` more for its final write); only what is still running after that is
+        cancelled outright."""
+        if self._starts:  # starts under way become generations first
+            await asyncio.wait(set(self._starts), timeout=grace_s)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for r in list(self.running.values()):
+            r.shutting_down = True
+            self._halt(r)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=finish_s)
         for task in list(self._tasks):
+            log.error("generation cancelled at shutdown before it ended",
+                      extra={"generation_task": task.get_name()})
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._checkpoints is not None:
             self._checkpoints.cancel()
             await asyncio.gather(self._checkpoints, return_exceptions=True)
         await self.pacer.close()
+
+
+def _settled(task: asyncio.Future[Started]) -> None:
+    """A start whose caller went away: its error has nobody to go to but the log."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("start failed: %s", exc)
 
 
 def _conversation(rows: list[Message]) -> list[ChatMessage]:
