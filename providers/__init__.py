@@ -81,12 +81,19 @@ class Registry:
         # SDKs are imported only when configured: google-genai alone takes a while to import.
         if settings.openai_api_key or settings.openai_base_url:
             from providers.openai import OpenAIProvider
-            providers["openai"] = OpenAIProvider(api_key=settings.openai_api_key,
-                                                 base_url=settings.openai_base_url, **timeouts)
+            from providers.think import ThinkTags
+            providers["openai"] = OpenAIProvider(
+                api_key=settings.openai_api_key, base_url=settings.openai_base_url,
+                wire=settings.openai_wire, think_tags=ThinkTags.parse(settings.think_tags),
+                think_open_models=settings.think_open_models,
+                reasoning_summary=settings.openai_reasoning_summary or None,
+                reasoning_effort=settings.openai_reasoning_effort, **timeouts)
         if settings.gemini_api_key:
             from providers.gemini import GeminiProvider
-            providers["gemini"] = GeminiProvider(api_key=settings.gemini_api_key,
-                                                 base_url=settings.gemini_base_url, **timeouts)
+            providers["gemini"] = GeminiProvider(
+                api_key=settings.gemini_api_key, base_url=settings.gemini_base_url,
+                include_thoughts=settings.gemini_include_thoughts,
+                thinking_budget=settings.gemini_thinking_budget, **timeouts)
         default = settings.provider or next(
             (p for p in ("openai", "gemini") if p in providers), "demo")
         fallback = [p.strip() for p in settings.fallback.split(",") if p.strip()]

@@ -1,4 +1,5 @@
-"""The Provider role: an async iterator of text chunks (and, last, usage), closed on cancel."""
+"""The Provider role: an async iterator of chunks of answer text and of reasoning (and, last,
+usage), closed on cancel."""
 
 from __future__ import annotations
 
@@ -17,21 +18,36 @@ class ChatMessage:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens of one call. `output_tokens` counts everything the model produced, reasoning
+    included; `reasoning_tokens` is the reasoning's share, where the provider reports it."""
+
     input_tokens: int = 0
     output_tokens: int = 0
+    reasoning_tokens: int | None = None
 
     def as_dict(self) -> dict[str, int]:
-        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        out = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        if self.reasoning_tokens is not None:
+            out["reasoning_tokens"] = self.reasoning_tokens
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """Either some text or, once at the end, the usage of the whole call. `at` is the wall
-    time the first of its text arrived (chunks that queued up are merged into one)."""
+    """Some answer text and/or reasoning (the model's visible thinking, kept apart from the
+    answer) or, once at the end, the usage of the whole call. `at` is the wall time the first
+    of its output arrived (chunks that queued up are merged into one; a merged chunk may hold
+    both parts, each in the order it came)."""
 
     text: str = ""
     usage: Usage | None = None
     at: float | None = None
+    reasoning: str = ""
+
+    @property
+    def output(self) -> bool:
+        """Whether the chunk carries anything a user sees (text or reasoning)."""
+        return bool(self.text or self.reasoning)
 
 
 @dataclass(slots=True)

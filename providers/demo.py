@@ -9,6 +9,11 @@ import re
 from collections.abc import AsyncIterator
 
 from providers.base import ChatMessage, Chunk, StreamParams, Usage
+from providers.think import ThinkSplitter, ThinkTags
+
+THINKING_MODEL = "demo-thinking"
+THINK_PREFIX = "think:"
+_TOKEN = re.compile(r"\S+\s*|\s+")
 
 _TOPICS = ["streaming", "back-pressure", "reconnects", "cursors", "fan-out", "idempotency"]
 _LANGS = [
@@ -33,6 +38,29 @@ _SENTENCES = (
 )
 
 
+_MUSINGS = (
+    "The question is about {topic}, so the answer should start from what a client sees.",
+    "A cursor is a pair (gen, seq); resuming from it must give *exactly* the rest.",
+    "Should I mention `done.sha256`? Yes: it is how a tab proves its copy is exact.",
+    "Stop has to reach the process that owns the answer, wherever the tab is connected.",
+    "Reconnects are the interesting case: no duplicate, no hole.",
+    "A short example in code will help; keep the prose brief.",
+    "Markdown renders in the browser, so inline HTML must stay text.",
+)
+
+
+def compose_reasoning(prompt: str, *, max_tokens: int | None = None) -> list[str]:
+    """The demo model's reasoning before it answers `prompt` (thinking mode), as tokens.
+    Same prompt → same reasoning."""
+    rng = random.Random(hashlib.sha256(b"think:" + prompt.encode()).digest())
+    topic = rng.choice(_TOPICS)
+    picked = [m.format(topic=topic) for m in rng.sample(_MUSINGS, 4)]
+    text = (f"**Thinking about {topic}.** {picked[0]}\n\n- {picked[1]}\n- {picked[2]}\n\n"
+            f"{picked[3]}")
+    tokens = _TOKEN.findall(text)
+    return tokens[:max_tokens] if max_tokens is not None else tokens
+
+
 def compose_reply(prompt: str, *, max_tokens: int | None = None) -> list[str]:
     """The reply to `prompt` as a list of tokens (words with their trailing space, markdown
     punctuation kept with them). Same prompt → same reply.
@@ -40,7 +68,7 @@ def compose_reply(prompt: str, *, max_tokens: int | None = None) -> list[str]:
     A prompt starting with `echo:` is answered with its own text verbatim, which lets tests
     push arbitrary model output (e.g. XSS payloads) through the whole pipeline."""
     if prompt.startswith("echo:"):
-        tokens = re.findall(r"\S+\s*|\s+", prompt[5:].lstrip())
+        tokens = _TOKEN.findall(prompt[5:].lstrip())
     else:
         rng = random.Random(hashlib.sha256(prompt.encode()).digest())
         topic = rng.choice(_TOPICS)
@@ -59,7 +87,7 @@ def compose_reply(prompt: str, *, max_tokens: int | None = None) -> list[str]:
             f"{paragraphs[1]} Inline HTML such as <b>bold</b> or <script>alert(1)</script> is "
             "shown as text, and [a link](https://example.com) stays a link.\n"
         )
-        tokens = re.findall(r"\S+\s*|\s+", text)
+        tokens = _TOKEN.findall(text)
     if max_tokens is not None:
         tokens = tokens[:max_tokens]
     return tokens
@@ -67,7 +95,11 @@ def compose_reply(prompt: str, *, max_tokens: int | None = None) -> list[str]:
 
 class DemoProvider:
     """Streams `compose_reply(last user message)` at `tokens_per_s`. Chunk k is due at
-    start + k / rate, so the rate holds under load and lateness is measurable."""
+    start + k / rate, so the rate holds under load and lateness is measurable.
+
+    Thinking mode (model `demo-thinking`, or a prompt starting with `think:`) streams
+    `compose_reasoning` as reasoning first. An `echo:` prompt may carry reasoning of its own
+    between `<think>` and `</think>`, split out as a reasoning model's server would."""
 
     name = "demo"
     default_model = "demo-1"
@@ -80,22 +112,51 @@ class DemoProvider:
                      params: StreamParams) -> AsyncIterator[Chunk]:
         prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
         limit = params.max_tokens or self.max_tokens
-        tokens = compose_reply(prompt, max_tokens=limit)
+        chunks = self._plan(prompt, model, limit)
         if messages and messages[-1].role == "assistant":  # continue: only what is missing
-            tokens = _remaining(tokens, messages[-1].content)
+            # The answer had begun: its reasoning is over; go on with the text.
+            chunks = [Chunk(text=t) for t in
+                      _remaining([c.text for c in chunks if c.text], messages[-1].content)]
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        for k, token in enumerate(tokens):
+        for k, chunk in enumerate(chunks):
             due = t0 + k / self.tokens_per_s if self.tokens_per_s > 0 else t0
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            yield Chunk(text=token)
+            yield chunk
         prompt_tokens = sum(len(m.content.split()) for m in messages)
-        yield Chunk(usage=Usage(input_tokens=prompt_tokens, output_tokens=len(tokens)))
+        reasoning = sum(1 for c in chunks if c.reasoning)
+        yield Chunk(usage=Usage(input_tokens=prompt_tokens, output_tokens=len(chunks),
+                                reasoning_tokens=reasoning if reasoning else None))
+
+    def _plan(self, prompt: str, model: str, limit: int | None) -> list[Chunk]:
+        """The chunks of the whole answer, reasoning first."""
+        thinking = model == THINKING_MODEL or prompt.startswith(THINK_PREFIX)
+        if thinking and prompt.startswith(THINK_PREFIX):
+            prompt = prompt[len(THINK_PREFIX):].lstrip()
+        tokens = compose_reply(prompt, max_tokens=limit)
+        if prompt.startswith("echo:"):
+            return _split_echo(tokens)
+        plan = [Chunk(reasoning=t) for t in compose_reasoning(prompt)] if thinking else []
+        plan += [Chunk(text=t) for t in tokens]
+        return plan[:limit] if limit is not None else plan
 
     async def aclose(self) -> None:
         return None
+
+
+def _split_echo(tokens: list[str]) -> list[Chunk]:
+    splitter = ThinkSplitter(ThinkTags())
+    out = []
+    for token in tokens:
+        reasoning, text = splitter.feed(token)
+        if reasoning or text:
+            out.append(Chunk(text=text, reasoning=reasoning))
+    reasoning, text = splitter.flush()
+    if reasoning or text:
+        out.append(Chunk(text=text, reasoning=reasoning))
+    return out
 
 
 def _remaining(tokens: list[str], partial: str) -> list[str]:
@@ -103,5 +164,5 @@ def _remaining(tokens: list[str], partial: str) -> list[str]:
     full = "".join(tokens)
     if full.startswith(partial):
         rest = full[len(partial):]
-        return re.findall(r"\S+\s*|\s+", rest)
+        return _TOKEN.findall(rest)
     return tokens

@@ -75,8 +75,11 @@ class GeminiProvider:
 
     def __init__(self, *, api_key: str, base_url: str | None = None,
                  default_model: str = DEFAULT_MODEL, connect_timeout_s: float = 10.0,
-                 idle_timeout_s: float = 60.0) -> None:
+                 idle_timeout_s: float = 60.0, include_thoughts: bool = True,
+                 thinking_budget: int | None = None) -> None:
         self.default_model = default_model
+        self.include_thoughts = include_thoughts
+        self.thinking_budget = thinking_budget
         timeout = httpx.Timeout(connect=connect_timeout_s, read=idle_timeout_s + 5,
                                 write=connect_timeout_s, pool=connect_timeout_s)
         self._http = httpx.AsyncClient(transport=PinnedTimeouts(timeout),
@@ -96,12 +99,12 @@ class GeminiProvider:
         _opened.set(opened)
         try:
             responses = await self._client.aio.models.generate_content_stream(
-                model=model, contents=_contents(messages), config=_config(messages, params))
+                model=model, contents=_contents(messages), config=self._config(messages, params))
             async for response in responses:
                 usage = _usage(response) or usage
-                for text in _texts(response):
+                for thought, text in _parts(response):
                     flowed = True
-                    yield Chunk(text=text)
+                    yield Chunk(reasoning=text) if thought else Chunk(text=text)
                 _check_refusal(response, flowed=flowed)
         except (errors.APIError, errors.UnknownApiResponseError, httpx.HTTPError) as exc:
             raise _failure(exc, flowed=flowed) from exc
@@ -113,15 +116,18 @@ class GeminiProvider:
 
     async def complete(self, messages: list[ChatMessage], *, model: str,
                        params: StreamParams) -> list[Chunk]:
-        """The whole answer from one non-streaming request: its text, then its usage."""
+        """The whole answer from one non-streaming request: its thoughts and text, then its
+        usage."""
         try:
             response = await self._client.aio.models.generate_content(
-                model=model, contents=_contents(messages), config=_config(messages, params))
+                model=model, contents=_contents(messages), config=self._config(messages, params))
         except (errors.APIError, errors.UnknownApiResponseError, httpx.HTTPError) as exc:
             raise _failure(exc, flowed=False) from exc
         _check_refusal(response, flowed=False)
-        text = "".join(_texts(response))
-        chunks = [Chunk(text=text)] if text else []
+        parts = _parts(response)
+        text = "".join(t for thought, t in parts if not thought)
+        reasoning = "".join(t for thought, t in parts if thought)
+        chunks = [Chunk(text=text, reasoning=reasoning)] if text or reasoning else []
         usage = _usage(response)
         if usage is not None:
             chunks.append(Chunk(usage=usage))
@@ -132,6 +138,21 @@ class GeminiProvider:
         self._client.close()
         await self._http.aclose()
 
+    def _config(self, messages: list[ChatMessage],
+                params: StreamParams) -> types.GenerateContentConfig:
+        system = "\n\n".join(m.content for m in messages if m.role == "system")
+        thinking = None
+        if self.include_thoughts or self.thinking_budget is not None:
+            thinking = types.ThinkingConfig(include_thoughts=self.include_thoughts or None,
+                                            thinking_budget=self.thinking_budget)
+        return types.GenerateContentConfig(
+            system_instruction=system or None,
+            temperature=params.temperature,
+            max_output_tokens=params.max_tokens,
+            thinking_config=thinking,
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        )
+
 
 def _contents(messages: list[ChatMessage]) -> list[types.Content]:
     return [types.Content(role="model" if m.role == "assistant" else "user",
@@ -139,24 +160,15 @@ def _contents(messages: list[ChatMessage]) -> list[types.Content]:
             for m in messages if m.role != "system"]
 
 
-def _config(messages: list[ChatMessage], params: StreamParams) -> types.GenerateContentConfig:
-    system = "\n\n".join(m.content for m in messages if m.role == "system")
-    return types.GenerateContentConfig(
-        system_instruction=system or None,
-        temperature=params.temperature,
-        max_output_tokens=params.max_tokens,
-        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
-    )
-
-
-def _texts(response: types.GenerateContentResponse) -> list[str]:
-    """The answer text of a response; thought summaries are not part of the answer."""
+def _parts(response: types.GenerateContentResponse) -> list[tuple[bool, str]]:
+    """(is a thought, text) of each text part of a response. Thought summaries (parts with
+    `thought: true`) are the answer's reasoning, never its text."""
     if not response.candidates:
         return []
     content = response.candidates[0].content
     if content is None or not content.parts:
         return []
-    return [p.text for p in content.parts if p.text and not p.thought]
+    return [(bool(p.thought), p.text) for p in content.parts if p.text]
 
 
 def _usage(response: types.GenerateContentResponse) -> Usage | None:
@@ -164,7 +176,7 @@ def _usage(response: types.GenerateContentResponse) -> Usage | None:
     if meta is None:
         return None
     output = (meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0)
-    return Usage(meta.prompt_token_count or 0, output)
+    return Usage(meta.prompt_token_count or 0, output, meta.thoughts_token_count)
 
 
 def _check_refusal(response: types.GenerateContentResponse, *, flowed: bool) -> None:

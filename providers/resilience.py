@@ -35,7 +35,7 @@ async def guarded(chunks: AsyncIterator[Chunk], *, label: str,
         while True:
             if not inbox.ready():
                 await inbox.wait()
-            if inbox.parts or inbox.usage is not None:
+            if inbox.pending():
                 yield inbox.take()
                 continue
             if inbox.idle:
@@ -53,12 +53,13 @@ class _Inbox:
     timer per stream, re-armed only when it fires (not one per chunk)."""
 
     __slots__ = ("_loop", "_timer", "_waiter", "at", "ended", "error", "flowed", "idle",
-                 "idle_timeout_s", "last", "parts", "usage")
+                 "idle_timeout_s", "last", "parts", "reasoning", "usage")
 
     def __init__(self, idle_timeout_s: float) -> None:
         self._loop = asyncio.get_running_loop()
         self.idle_timeout_s = idle_timeout_s
         self.parts: list[str] = []
+        self.reasoning: list[str] = []
         self.usage: Usage | None = None
         self.at: float | None = None
         self.ended = False
@@ -71,14 +72,19 @@ class _Inbox:
             self.last + idle_timeout_s, self._watch)
 
     def ready(self) -> bool:
-        return bool(self.parts) or self.usage is not None or self.ended or self.idle
+        return self.pending() or self.ended or self.idle
+
+    def pending(self) -> bool:
+        return bool(self.parts) or bool(self.reasoning) or self.usage is not None
 
     def put(self, chunk: Chunk) -> None:
         self.last = self._loop.time()
+        if chunk.output and self.at is None:
+            self.at = time.time()
         if chunk.text:
-            if not self.parts:
-                self.at = time.time()
             self.parts.append(chunk.text)
+        if chunk.reasoning:
+            self.reasoning.append(chunk.reasoning)
         if chunk.usage is not None:
             self.usage = chunk.usage
         self._wake()
@@ -88,11 +94,12 @@ class _Inbox:
         self._wake()
 
     def take(self) -> Chunk:
-        text = self.parts[0] if len(self.parts) == 1 else "".join(self.parts)
-        chunk = Chunk(text=text, usage=self.usage, at=self.at)
+        chunk = Chunk(text=_joined(self.parts), usage=self.usage, at=self.at,
+                      reasoning=_joined(self.reasoning))
         self.parts.clear()
+        self.reasoning.clear()
         self.usage = self.at = None
-        self.flowed = self.flowed or bool(text)
+        self.flowed = self.flowed or chunk.output
         return chunk
 
     async def wait(self) -> None:
@@ -122,6 +129,10 @@ class _Inbox:
             self._wake()
         else:
             self._timer = self._loop.call_at(due, self._watch)
+
+
+def _joined(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else "".join(parts)
 
 
 async def _pump(chunks: AsyncIterator[Chunk], inbox: _Inbox) -> None:

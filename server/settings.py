@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
@@ -10,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from providers.think import ThinkTags
 from store.db import normalize_url, sqlite_url
 
 log = logging.getLogger("chatcast")
@@ -59,6 +61,16 @@ class Settings(BaseSettings):
     provider_connect_timeout_s: float = 10.0
     provider_idle_timeout_s: float = 60.0
     provider_nonstream_fallback: bool = False
+    # Reasoning. Inline tags in answer text (OpenAI-compatible servers without a reasoning
+    # parser): "<open> <close>", or "off"; models (a regular expression) whose chat template
+    # opens the reasoning in the prompt, so they only ever write the closing tag.
+    think_tags: str = "<think> </think>"
+    think_open_models: str = ""
+    openai_wire: Literal["chat", "responses"] = "chat"
+    openai_reasoning_summary: str = "auto"  # Responses API: reasoning={"summary": ...}; "" off
+    openai_reasoning_effort: str | None = None
+    gemini_include_thoughts: bool = True
+    gemini_thinking_budget: int | None = None  # tokens; 0 off, -1 dynamic; unset: the model's
     # Adaptive coalescing: the most an overloaded process holds a delta back (0: never).
     coalesce_max_ms: float = 40.0
 
@@ -97,6 +109,21 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("think_tags")
+    @classmethod
+    def _check_think_tags(cls, value: str) -> str:
+        ThinkTags.parse(value)  # a ValueError names the problem
+        return value
+
+    @field_validator("think_open_models")
+    @classmethod
+    def _check_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
         return value
 
     @property

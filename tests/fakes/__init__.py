@@ -37,10 +37,26 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
     end: End = "done"
     input_tokens: int = 7
+    # Reasoning streamed before the text, in each fake's own dialect (`dialect`: for the
+    # OpenAI fake, which delta field carries it — see openai_fake.reasoning_delta).
+    reasoning: tuple[str, ...] = ()
+    dialect: str = "reasoning"
+    # Raw stream payloads played as they are instead of `reasoning` + `chunks` (one
+    # `delta` object per chunk for OpenAI, one list of parts per response for Gemini, one
+    # event object for the Responses API); `chunks` then only sizes the usage.
+    raw: tuple[Any, ...] = ()
 
     @classmethod
     def text(cls, *chunks: str, delay_s: float = 0.0, end: End = "done") -> Reply:
         return cls(chunks=chunks, delay_s=delay_s, end=end)
+
+    @classmethod
+    def thinking(cls, reasoning: Sequence[str], chunks: Sequence[str], *,
+                 dialect: str = "reasoning", delay_s: float = 0.0,
+                 end: End = "done") -> Reply:
+        """Reasoning, then the answer text."""
+        return cls(chunks=tuple(chunks), reasoning=tuple(reasoning), dialect=dialect,
+                   delay_s=delay_s, end=end)
 
     @classmethod
     def error(cls, status: int, *, retry_after: float | None = None,

@@ -1,7 +1,9 @@
 """A fake Gemini API (`POST /{version}/models/{model}:streamGenerateContent?alt=sse` and
 `:generateContent`) speaking the real wire format: SSE `data: {GenerateContentResponse}`
-events, usage in `usageMetadata`, no `[DONE]` (the stream ends at EOF), errors as
-`{"error": {code, message, status, details}}` with a RetryInfo detail on 429."""
+events, thought summaries as parts with `"thought": true` (before the answer's parts), usage
+in `usageMetadata` (`thoughtsTokenCount` for the thoughts), no `[DONE]` (the stream ends at
+EOF), errors as `{"error": {code, message, status, details}}` with a RetryInfo detail on
+429."""
 
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ def app(server: FakeServer) -> Starlette:
             return error_response(Reply.error(404))
         if not streaming:
             recorded.end("complete")
-            return JSONResponse(_response(model, ["".join(reply.chunks)], reply, final=True))
+            parts: list[dict[str, Any]] = [{"text": "".join(reply.chunks)}]
+            if reply.reasoning:
+                parts.insert(0, {"text": "".join(reply.reasoning), "thought": True})
+            return JSONResponse(_response(model, parts, reply, final=True))
         return ScriptedStream(server, recorded, stream_events(reply, model), reply.end,
                               sse(_error_body(500)))
 
@@ -49,25 +54,32 @@ def sse(data: Any) -> bytes:
     return f"data: {json.dumps(data)}\r\n\r\n".encode()
 
 
-def _response(model: str, texts: list[str], reply: Reply, *, final: bool,
+def _response(model: str, parts: list[dict[str, Any]], reply: Reply, *, final: bool,
               index: int = 0) -> dict[str, Any]:
-    candidate: dict[str, Any] = {
-        "content": {"parts": [{"text": t} for t in texts], "role": "model"}, "index": 0}
+    candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
     usage: dict[str, Any] = {"promptTokenCount": reply.input_tokens,
                              "totalTokenCount": reply.input_tokens + index}
     if final:
+        thoughts = len(reply.reasoning)
         candidate["finishReason"] = "STOP"
         usage["candidatesTokenCount"] = len(reply.chunks)
-        usage["totalTokenCount"] = reply.input_tokens + len(reply.chunks)
+        usage["totalTokenCount"] = reply.input_tokens + len(reply.chunks) + thoughts
+        if thoughts:
+            usage["thoughtsTokenCount"] = thoughts
     return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model,
             "responseId": "fake-response"}
 
 
 def stream_events(reply: Reply, model: str) -> list[tuple[float, bytes]]:
-    last = len(reply.chunks) - 1
-    return [(reply.delay_s, sse(_response(model, [text], reply, index=k,
+    """One response per chunk: thoughts first, then text (or `reply.raw`, one list of parts
+    per response); the last carries the finish reason and the whole usage."""
+    responses: list[list[dict[str, Any]]] = list(reply.raw) if reply.raw else (
+        [[{"text": t, "thought": True}] for t in reply.reasoning]
+        + [[{"text": t}] for t in reply.chunks])
+    last = len(responses) - 1
+    return [(reply.delay_s, sse(_response(model, parts, reply, index=k,
                                           final=k == last and reply.end == "done")))
-            for k, text in enumerate(reply.chunks)]
+            for k, parts in enumerate(responses)]
 
 
 def _error_body(status: int, retry_after: float | None = None) -> dict[str, Any]:

@@ -40,7 +40,8 @@ async def test_request_speaks_stream_generate_content(gemini_api: FakeServer,
     assert request.headers["x-goog-api-key"] == "gemini-test"
     assert request.body["systemInstruction"]["parts"] == [{"text": "Answer briefly."}]
     assert [c["role"] for c in request.body["contents"]] == ["user", "model", "user"]
-    assert request.body["generationConfig"] == {"temperature": 0.2, "maxOutputTokens": 50}
+    assert request.body["generationConfig"] == {"temperature": 0.2, "maxOutputTokens": 50,
+                                                 "thinkingConfig": {"include_thoughts": True}}
 
 
 def test_aiohttp_is_not_installed() -> None:

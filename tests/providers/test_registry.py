@@ -22,6 +22,7 @@ from providers import (
 from providers.gemini import GeminiProvider
 from providers.openai import OpenAIProvider
 from providers.resilience import backoff_delay
+from providers.think import ThinkTags
 from tests.fakes import FakeServer, Reply
 from tests.providers.conftest import consume, registry
 
@@ -33,7 +34,10 @@ def settings(**overrides: Any) -> SimpleNamespace:
         "gemini_api_key": None, "gemini_base_url": None, "provider_max_retries": 2,
         "provider_retry_base_s": 0.5, "provider_retry_max_s": 20.0,
         "provider_connect_timeout_s": 10.0, "provider_idle_timeout_s": 60.0,
-        "provider_nonstream_fallback": False,
+        "provider_nonstream_fallback": False, "think_tags": "<think> </think>",
+        "think_open_models": "", "openai_wire": "chat", "openai_reasoning_summary": "auto",
+        "openai_reasoning_effort": None, "gemini_include_thoughts": True,
+        "gemini_thinking_budget": None,
     }
     return SimpleNamespace(**(values | overrides))
 
@@ -167,3 +171,20 @@ def test_trim_history_keeps_the_last_message_and_adds_the_system_prompt() -> Non
         _m("system", "be kind"), history[0]]
     with_prompt = [_m("system", "be kind"), *history]
     assert trim_history(with_prompt, 10, system_prompt="be kind") == with_prompt
+
+
+async def test_reasoning_settings_reach_the_providers() -> None:
+    reg = Registry.from_settings(settings(
+        openai_api_key="sk", gemini_api_key="g", think_tags="<r> </r>",
+        think_open_models="r1", openai_wire="responses", openai_reasoning_summary="",
+        openai_reasoning_effort="high", gemini_include_thoughts=False,
+        gemini_thinking_budget=256))
+    try:
+        openai, gemini = reg.providers["openai"], reg.providers["gemini"]
+        assert isinstance(openai, OpenAIProvider) and isinstance(gemini, GeminiProvider)
+        assert openai.think_tags == ThinkTags("<r>", "</r>")
+        assert (openai.wire, openai.think_open_models, openai.reasoning_summary,
+                openai.reasoning_effort) == ("responses", "r1", None, "high")
+        assert (gemini.include_thoughts, gemini.thinking_budget) == (False, 256)
+    finally:
+        await reg.aclose()
