@@ -217,19 +217,21 @@ async def continue_generation(request: Request) -> Response:
 
 async def get_generation(request: Request) -> Response:
     """
-    summary: A generation's status, seq and content so far
+    summary: A generation's status, seq, content and reasoning so far
     responses:
-      200: {description: "{status, seq, content, ...}"}
+      200: {description: "{status, seq, content, reasoning, ...}"}
     """
     svc, user = services(request), user_id(request)
     gen = await svc.repo.get_generation(user, request.path_params["gen"])
     msg = await svc.repo.get_message(gen.message_id)
     content, seq = (msg.content if msg else ""), gen.last_seq
+    reasoning = msg.reasoning if msg else ""
     running = svc.runner.running.get(gen.id)
     if running is not None:
-        content, seq = running.content, running.seq
+        content, seq, reasoning = running.content, running.seq, running.reasoning.text
     out = generation_dict(gen, content)
     out["seq"] = seq
+    out["reasoning"] = reasoning
     return OrjsonResponse(out)
 
 

@@ -46,24 +46,26 @@ class _ChatView:
 
 
 class _Merged:
-    """Consecutive deltas of one generation queued for a busy client, joined only when
-    sent (so merging stays linear however long the client stalls)."""
+    """Consecutive deltas of one generation and one part (text or reasoning) queued for a
+    busy client, joined only when sent (so merging stays linear however long the client
+    stalls)."""
 
-    __slots__ = ("chat", "gen", "parts", "seq", "ts")
+    __slots__ = ("chat", "gen", "part", "parts", "seq", "ts")
     type = "delta"
 
     def __init__(self, first: Event) -> None:
         self.chat, self.gen, self.seq = first.chat, first.gen, first.seq
         self.ts = first.data.get("ts")  # benchmarks: the oldest merged chunk's emit time
-        self.parts: list[str] = [first.data["text"]]
+        self.part, text = protocol.delta_part(first)
+        self.parts: list[str] = [text]
 
-    def add(self, later: Event) -> None:
-        self.parts.append(later.data["text"])
-        self.seq = later.seq
+    def add(self, text: str, seq: int) -> None:
+        self.parts.append(text)
+        self.seq = seq
 
     def event(self) -> Event:
-        return protocol.delta(self.chat, str(self.gen), self.seq, "".join(self.parts),
-                              ts=self.ts)
+        make = protocol.reasoning_delta if self.part == protocol.REASONING else protocol.delta
+        return make(self.chat, str(self.gen), self.seq, "".join(self.parts), ts=self.ts)
 
 
 class Subscriber:
@@ -172,20 +174,31 @@ class Subscriber:
             gen = str(event.gen)
             at = self._joinable.get(gen)
             if at is not None:  # the client is busy: merge instead of queueing more
-                queued = self.outbox[at]
-                if isinstance(queued, Event):
-                    queued = self.outbox[at] = _Merged(queued)
-                queued.add(event)
-                self.queued_bytes += len(event.data["text"])
-                metrics.COALESCED.inc()
-                self._check_bounds()
-                return
+                merged = self._merge_target(at, event)
+                if merged is not None:
+                    merged.add(protocol.delta_part(event)[1], event.seq)
+                    self.queued_bytes += len(merged.parts[-1])
+                    metrics.COALESCED.inc()
+                    self._check_bounds()
+                    return
             self._joinable[gen] = len(self.outbox)
         else:
             self._joinable.clear()
         self.outbox.append(event)
         self.queued_bytes += len(event.encode())
         self._check_bounds()
+
+    def _merge_target(self, at: int, event: Event) -> _Merged | None:
+        """The queued delta at `at` as a merge, if `event` may join it (same part)."""
+        queued = self.outbox[at]
+        if isinstance(queued, _Merged):
+            return queued if queued.part == protocol.delta_part(event)[0] else None
+        assert isinstance(queued, Event)
+        if protocol.delta_part(queued)[0] != protocol.delta_part(event)[0]:
+            return None
+        merged = _Merged(queued)
+        self.outbox[at] = merged
+        return merged
 
     def _check_bounds(self) -> None:
         if len(self.outbox) > self.max_frames or self.queued_bytes > self.max_bytes:

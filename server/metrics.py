@@ -13,8 +13,13 @@ ACTIVE_GENERATIONS = Gauge("chatcast_active_generations",
 CLIENTS = Gauge("chatcast_connected_clients", "Connected clients by transport",
                 ["transport"], registry=REGISTRY)
 TTFT = Histogram("chatcast_time_to_first_token_seconds",
-                 "From generation start to its first delta, by provider", ["provider"],
-                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=REGISTRY)
+                 "From generation start to its first delta (text or reasoning), by provider",
+                 ["provider"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+                 registry=REGISTRY)
+TTFA = Histogram("chatcast_time_to_first_answer_token_seconds",
+                 "From generation start to its first answer text (after any reasoning), by "
+                 "provider", ["provider"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60,
+                                                    120), registry=REGISTRY)
 
 
 class _PlainCounter(Collector):

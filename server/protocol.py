@@ -17,6 +17,10 @@ from server.errors import BadRequest, ChatcastError, TooLarge, UnknownType
 
 VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
+# The parts of an answer a `delta` can carry (its `part` field).
+TEXT = "text"
+REASONING = "reasoning"
+PARTS = (TEXT, REASONING)
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Rid = Annotated[str, StringConstraints(max_length=128)]
@@ -202,19 +206,44 @@ def start(chat: str, gen: str, msg: str, provider: str, model: str) -> Event:
 
 
 def delta(chat: str, gen: str, seq: int, text: str, ts: float | None = None) -> Event:
-    """`ts` (CHATCAST_DEMO_TIMESTAMPS, for benchmarks only): when the provider emitted the
-    chunk, time.time() of the producing process; a merged frame keeps its oldest chunk's."""
-    data: dict[str, Any] = {"type": "delta", "chat": chat, "gen": gen, "seq": seq, "text": text}
+    """More answer text. `ts` (CHATCAST_DEMO_TIMESTAMPS, for benchmarks only): when the
+    provider emitted the chunk, time.time() of the producing process; a merged frame keeps
+    its oldest chunk's."""
+    data: dict[str, Any] = {"type": "delta", "chat": chat, "gen": gen, "seq": seq,
+                            "part": TEXT, "text": text}
     if ts is not None:
         data["ts"] = ts
     return Event(data)
 
 
+def reasoning_delta(chat: str, gen: str, seq: int, reasoning: str,
+                    ts: float | None = None) -> Event:
+    """More reasoning: a `delta` in the same log as the text, whose `text` is empty so that
+    a client that knows nothing of reasoning assembles the answer exactly (docs/protocol.md,
+    Reasoning)."""
+    data: dict[str, Any] = {"type": "delta", "chat": chat, "gen": gen, "seq": seq,
+                            "part": REASONING, "text": "", "reasoning": reasoning}
+    if ts is not None:
+        data["ts"] = ts
+    return Event(data)
+
+
+def delta_part(event: Event) -> tuple[str, str]:
+    """(part, its text) of a delta; a delta without `part` (an older server's) is text."""
+    data = event.data
+    if data.get("part") == REASONING:
+        return REASONING, str(data.get("reasoning", ""))
+    return TEXT, str(data.get("text", ""))
+
+
 def done(chat: str, gen: str, seq: int, status: str, msg: dict[str, Any], *,
          usage: dict[str, Any] | None = None, err: dict[str, Any] | None = None) -> Event:
     length, sha = content_digest(str(msg.get("content", "")))
+    reasoning_length, reasoning_sha = content_digest(str(msg.get("reasoning") or ""))
     data: dict[str, Any] = {"type": "done", "chat": chat, "gen": gen, "seq": seq,
-                            "status": status, "message": msg, "length": length, "sha256": sha}
+                            "status": status, "message": msg, "length": length, "sha256": sha,
+                            "reasoning_length": reasoning_length,
+                            "reasoning_sha256": reasoning_sha}
     if usage:
         data["usage"] = usage
     if err:

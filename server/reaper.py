@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Container
 
+from server import protocol
 from server.bus.base import Bus, BusUnavailable, publish_done
-from store.models import Generation, message_dict
+from store.ids import utcnow
+from store.models import Generation, Reasoning, message_dict
 from store.repo import Repo
 
 log = logging.getLogger("chatcast.runner")
@@ -40,9 +42,10 @@ class Reaper:
                 await self.bus.seal(gen.id)  # a living owner cannot add text after this
             except BusUnavailable:
                 return reaped
-            content, seq = await self._recover_text(gen)
+            content, reasoning, seq = await self._recover_text(gen)
             final = await self.repo.finish(gen.id, "interrupted", content, seq,
-                                           meta=gen.meta, only_if_active=True)
+                                           meta=gen.meta, only_if_active=True,
+                                           reasoning=reasoning)
             if final is None:
                 continue  # someone else finished it
             reaped += 1
@@ -52,21 +55,35 @@ class Reaper:
                                message_dict(final), None, None)
         return reaped
 
-    async def _recover_text(self, gen: Generation) -> tuple[str, int]:
-        """A dead owner's text: the SQL checkpoint plus whatever the log has after it, so
-        what tabs already showed is kept."""
+    async def _recover_text(self, gen: Generation) -> tuple[str, Reasoning, int]:
+        """A dead owner's text and reasoning: the SQL checkpoint plus whatever the log has
+        after it, so what tabs already showed is kept."""
         active = await self.repo.active_with_message(gen.chat_id)
         if active is None or active[0].id != gen.id:
             msg = await self.repo.get_message(gen.message_id)
-            return (msg.content if msg else ""), gen.last_seq
+            if msg is None:
+                return "", Reasoning(), gen.last_seq
+            return msg.content, _ended(Reasoning.of(msg)), gen.last_seq
         checkpoint, msg = active
-        content, seq = msg.content, checkpoint.last_seq
+        content, reasoning, seq = msg.content, Reasoning.of(msg), checkpoint.last_seq
         try:
             tail = await self.bus.read_log(gen.id, seq) or []
         except BusUnavailable:
             tail = []
         for event in tail:
             if event.type == "delta" and event.seq == seq + 1:
-                content += event.data["text"]
+                part, text = protocol.delta_part(event)
+                if part == protocol.REASONING:
+                    reasoning.text += text
+                    reasoning.started_at = reasoning.started_at or gen.started_at
+                else:
+                    content += text
                 seq = event.seq
-        return content, seq
+        return content, _ended(reasoning), seq
+
+
+def _ended(reasoning: Reasoning) -> Reasoning:
+    """Reasoning of an answer that is over: it ended by now at the latest."""
+    if reasoning.text and reasoning.ended_at is None:
+        reasoning.ended_at = utcnow()
+    return reasoning

@@ -12,6 +12,7 @@ from typing import Any
 from server import protocol
 from server.bus.base import Bus
 from server.protocol import Cursor, Event
+from store.ids import iso
 from store.models import Generation, Message, message_dict
 from store.repo import Repo
 
@@ -65,12 +66,22 @@ class Replay:
         return event
 
     async def _active_state(self, gen: Generation, msg: Message) -> dict[str, Any]:
-        """The active answer so far: SQL checkpoint plus the log after it."""
-        content, seq = msg.content, gen.last_seq
+        """The active answer so far: SQL checkpoint plus the log after it. Reasoning times
+        come with the checkpoints (about a second behind): reasoning that began since the
+        last one is dated by the generation's start, an end not yet checkpointed is null."""
+        content, reasoning, seq = msg.content, msg.reasoning, gen.last_seq
+        started, ended = msg.reasoning_started_at, msg.reasoning_ended_at
         tail = await self.bus.read_log(gen.id, seq) or []
         for ev in tail:
             if ev.type == "delta":
-                content += ev.data["text"]
+                part, text = protocol.delta_part(ev)
+                if part == protocol.REASONING:
+                    reasoning += text
+                    started = started or gen.started_at
+                else:
+                    content += text
                 seq = ev.seq
         return {"gen": gen.id, "message": gen.message_id, "seq": seq, "content": content,
-                "provider": gen.provider, "model": gen.model}
+                "reasoning": reasoning, "reasoning_started_at": iso(started),
+                "reasoning_ended_at": iso(ended), "provider": gen.provider,
+                "model": gen.model}

@@ -40,8 +40,9 @@ from server.errors import NotFound
 from server.pacing import Pacer
 from server.reaper import Reaper
 from server.settings import Settings
-from store.models import Generation, Message, message_dict
-from store.repo import Repo, Started
+from store.ids import utcnow
+from store.models import Generation, Message, Reasoning, message_dict
+from store.repo import Checkpoint, Repo, Started
 
 log = logging.getLogger("chatcast.runner")
 
@@ -54,6 +55,7 @@ class Running:
     chat_id: str
     message_id: str
     content: str
+    reasoning: Reasoning = field(default_factory=Reasoning)
     seq: int = 0
     stop_requested: bool = False
     pump: asyncio.Task[None] | None = None
@@ -70,6 +72,8 @@ class Running:
     in_bus_call: bool = False
     halt_pending: bool = False
     shutting_down: bool = False  # the process is stopping: the answer ends `interrupted`
+    answered: bool = False  # this generation has sent answer text
+    thought: bool = False  # this generation has sent reasoning
 
 
 class Runner:
@@ -197,7 +201,9 @@ class Runner:
         (its socket closed, its request cancelled) cannot leave the generation half-started:
         whatever happens, the task ends it with one terminal state."""
         gen = started.generation
-        running = Running(gen, gen.chat_id, gen.message_id, started.base_content)
+        base = started.base_reasoning
+        running = Running(gen, gen.chat_id, gen.message_id, started.base_content,
+                          Reasoning(base.text, base.started_at, base.ended_at))
         self.running[gen.id] = running
         begun: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._run(running, begun),
@@ -270,28 +276,24 @@ class Runner:
             async for chunk in stream:
                 if chunk.usage is not None:
                     r.usage = chunk.usage.as_dict()
-                if not chunk.text:
+                if not chunk.output:
                     continue
-                if r.seq == 0:
+                if not (r.answered or r.thought):  # first visible output, of either part
                     ttft = time.monotonic() - started_at
                     r.meta["ttft_ms"] = round(ttft * 1000, 1)
                     provider = r.meta.get("provider") or r.gen.provider
                     metrics.TTFT.labels(provider).observe(ttft)
                 ts = (chunk.at or time.time()) if self.settings.demo_timestamps else None
-                event = protocol.delta(r.chat_id, r.gen.id, r.seq + 1, chunk.text, ts)
-                try:
-                    stop = await self._append(r, event)
-                except LogSealed:  # another process ended it: this chunk was never shown
-                    r.log.pop()
-                    r.sealed = True
-                    self.on_stop(r.gen.id)
+                if chunk.reasoning and not await self._think(r, chunk.reasoning, ts):
                     return
-                r.seq += 1
-                r.content += chunk.text
-                if stop:
-                    self.on_stop(r.gen.id)
-                if r.stop_requested or r.halt_pending:
-                    return
+                if chunk.text:
+                    if not r.answered:
+                        ttfa = time.monotonic() - started_at
+                        r.meta["ttfa_ms"] = round(ttfa * 1000, 1)
+                        metrics.TTFA.labels(r.meta.get("provider") or r.gen.provider
+                                            ).observe(ttfa)
+                    if not await self._say(r, chunk.text, ts):
+                        return
                 hold = self.pacer.hold_s()
                 if hold:  # overloaded: let the next chunks gather into one delta
                     await asyncio.sleep(hold)
@@ -302,6 +304,50 @@ class Runner:
             r.meta["tokens"] = r.seq
             if r.meta.get("retries"):
                 metrics.PROVIDER_RETRIES.labels(r.gen.provider).inc(r.meta["retries"])
+
+    async def _think(self, r: Running, reasoning: str, ts: float | None) -> bool:
+        """Publish and keep more reasoning; False when the generation must end."""
+        if not r.thought and r.reasoning.text:
+            # A continue that reasons again: a paragraph of its own after the kept reasoning.
+            reasoning = _paragraph_break(r.reasoning.text) + reasoning
+        event = protocol.reasoning_delta(r.chat_id, r.gen.id, r.seq + 1, reasoning, ts)
+        if not await self._publish(r, event):
+            return False
+        r.thought = True
+        r.reasoning.text += reasoning
+        if r.reasoning.started_at is None:
+            r.reasoning.started_at = utcnow()
+        if not r.answered:
+            r.reasoning.ended_at = None  # (a continue reopens it)
+        return not (r.stop_requested or r.halt_pending)
+
+    async def _say(self, r: Running, text: str, ts: float | None) -> bool:
+        """Publish and keep more answer text; False when the generation must end. The first
+        text ends the reasoning."""
+        event = protocol.delta(r.chat_id, r.gen.id, r.seq + 1, text, ts)
+        if not await self._publish(r, event):
+            return False
+        if not r.answered and r.reasoning.started_at is not None \
+                and r.reasoning.ended_at is None:
+            r.reasoning.ended_at = utcnow()
+        r.answered = True
+        r.content += text
+        return not (r.stop_requested or r.halt_pending)
+
+    async def _publish(self, r: Running, event: protocol.Event) -> bool:
+        """Append one delta at the next seq. False if it was not shown (another process
+        ended the generation); a stop requested meanwhile is passed on."""
+        try:
+            stop = await self._append(r, event)
+        except LogSealed:  # another process ended it: this chunk was never shown
+            r.log.pop()
+            r.sealed = True
+            self.on_stop(r.gen.id)
+            return False
+        r.seq += 1
+        if stop:
+            self.on_stop(r.gen.id)
+        return True
 
     async def _append(self, r: Running, event: protocol.Event) -> bool:
         """Append to the bus; returns True if a stop was requested. While the bus is down
@@ -338,7 +384,9 @@ class Runner:
             async with self._write_lock:
                 due = [r for r in self.running.values()
                        if not r.finishing and r.seq > r.checkpointed]
-                items = [(r.gen.id, r.message_id, r.content, r.seq) for r in due]
+                items = [Checkpoint(r.gen.id, r.message_id, r.content, r.seq,
+                                    Reasoning(r.reasoning.text, r.reasoning.started_at,
+                                              r.reasoning.ended_at)) for r in due]
                 if not items:
                     continue
                 try:
@@ -347,7 +395,7 @@ class Runner:
                     log.exception("checkpoint failed", extra={"generations": len(items)})
                     continue
                 for r, item in zip(due, items, strict=True):
-                    r.checkpointed = item[3]
+                    r.checkpointed = item.seq
 
     async def _refresh_lease(self, r: Running) -> None:
         with contextlib.suppress(BusUnavailable):  # logged by _append; leases come back
@@ -381,13 +429,16 @@ class Runner:
     async def _commit_final(self, r: Running, status: str,
                             error: dict[str, Any] | None) -> Message | None:
         r.finishing = True
+        if r.reasoning.started_at is not None and r.reasoning.ended_at is None:
+            r.reasoning.ended_at = utcnow()  # it never got to its answer
         delay = 0.2
         for attempt in range(8):
             try:
                 async with self._write_lock:
                     return await self.repo.finish(r.gen.id, status, r.content, r.seq,
                                                   usage=r.usage, error=error, meta=r.meta,
-                                                  only_if_active=True)
+                                                  only_if_active=True,
+                                                  reasoning=r.reasoning)
             except Exception:
                 log.exception("final write failed; retrying",
                               extra={"gen": r.gen.id, "attempt": attempt + 1})
@@ -459,6 +510,13 @@ def _conversation(rows: list[Message]) -> list[ChatMessage]:
         else:
             out.append(ChatMessage(m.role, m.content))  # type: ignore[arg-type]
     return out
+
+
+def _paragraph_break(before: str) -> str:
+    """What separates new reasoning from `before` as a paragraph of its own."""
+    if before.endswith("\n\n"):
+        return ""
+    return "\n" if before.endswith("\n") else "\n\n"
 
 
 def _provider_error(exc: ProviderFailure) -> dict[str, Any]:

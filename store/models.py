@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -66,6 +67,11 @@ class Message(SQLModel, table=True):
     provider: str | None = Field(default=None, max_length=40)
     model: str | None = Field(default=None, max_length=200)
     usage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # The answer's reasoning (the model's visible thinking), kept apart from its content.
+    reasoning: str = Field(default="", sa_column=Column(Text, nullable=False, default="",
+                                                        server_default=""))
+    reasoning_started_at: datetime | None = None  # the first reasoning arrived
+    reasoning_ended_at: datetime | None = None  # the first answer text did (or the end)
     client_msg_id: str | None = Field(default=None, max_length=128)
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -102,7 +108,9 @@ def message_dict(m: Message) -> dict[str, Any]:
     return {
         "id": m.id, "chat": m.chat_id, "role": m.role, "content": m.content,
         "status": m.status, "gen": m.generation_id, "provider": m.provider, "model": m.model,
-        "usage": m.usage, "client_msg_id": m.client_msg_id,
+        "usage": m.usage, "reasoning": m.reasoning,
+        "reasoning_started_at": iso(m.reasoning_started_at),
+        "reasoning_ended_at": iso(m.reasoning_ended_at), "client_msg_id": m.client_msg_id,
         "created_at": iso(m.created_at), "completed_at": iso(m.completed_at),
     }
 
@@ -110,6 +118,24 @@ def message_dict(m: Message) -> dict[str, Any]:
 def chat_dict(c: Chat) -> dict[str, Any]:
     return {"id": c.id, "title": c.title, "provider": c.provider, "model": c.model,
             "created_at": iso(c.created_at), "updated_at": iso(c.updated_at)}
+
+
+@dataclass(slots=True)
+class Reasoning:
+    """An answer's reasoning so far: its text, when it began and when it ended."""
+
+    text: str = ""
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @classmethod
+    def of(cls, m: Message) -> Reasoning:
+        return cls(m.reasoning, m.reasoning_started_at, m.reasoning_ended_at)
+
+    def columns(self) -> dict[str, Any]:
+        """The Message columns it is stored in."""
+        return {"reasoning": self.text, "reasoning_started_at": self.started_at,
+                "reasoning_ended_at": self.ended_at}
 
 
 def generation_dict(g: Generation, content: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +14,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from server.errors import BadRequest, Busy, NotFound, TooManyGenerations
 from store.ids import utcnow
-from store.models import TERMINAL_TO_MESSAGE, ApiToken, Chat, Generation, Message, User
+from store.models import (
+    TERMINAL_TO_MESSAGE,
+    ApiToken,
+    Chat,
+    Generation,
+    Message,
+    Reasoning,
+    User,
+)
 
 TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)  # last_used_at is written at most this often
 
@@ -30,7 +38,19 @@ class Started:
     assistant: Message
     user_message: Message | None
     base_content: str = ""  # text the answer already had (continue)
+    base_reasoning: Reasoning = field(default_factory=Reasoning)  # and its reasoning
     repeated: bool = False  # the same client_msg_id was sent before
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The partial answer of a running generation, as of `seq`."""
+
+    gen: str
+    message: str
+    content: str
+    seq: int
+    reasoning: Reasoning = field(default_factory=Reasoning)
 
 
 class Repo:
@@ -297,24 +317,27 @@ class Repo:
             chat.updated_at = utcnow()
             s.add_all([assistant, gen, chat])
             await _commit_start(s)
-            return Started(chat, gen, assistant, None, base_content=assistant.content)
+            return Started(chat, gen, assistant, None, base_content=assistant.content,
+                           base_reasoning=Reasoning.of(assistant))
 
-    async def checkpoint_many(self, items: list[tuple[str, str, str, int]]) -> None:
-        """Checkpoints of several generations, (gen, message, content, seq) each, in one
-        transaction (ORM bulk UPDATE by primary key: one executemany per table)."""
+    async def checkpoint_many(self, items: list[Checkpoint]) -> None:
+        """Checkpoints of several generations in one transaction (ORM bulk UPDATE by
+        primary key: one executemany per table)."""
         async with self.sessions() as s:
-            await s.exec(update(Message), params=[{"id": m, "content": c}
-                                                  for _, m, c, _ in items])
-            await s.exec(update(Generation), params=[{"id": g, "last_seq": q}
-                                                     for g, _, _, q in items])
+            await s.exec(update(Message), params=[
+                {"id": c.message, "content": c.content, **c.reasoning.columns()}
+                for c in items])
+            await s.exec(update(Generation), params=[{"id": c.gen, "last_seq": c.seq}
+                                                     for c in items])
             await s.commit()
 
     async def finish(self, gen_id: str, status: str, content: str, seq: int, *,
                      usage: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
                      meta: dict[str, Any] | None = None, only_if_active: bool = False,
-                     ) -> Message | None:
+                     reasoning: Reasoning | None = None) -> Message | None:
         """Write the terminal state. With `only_if_active`, do nothing (and return None)
-        unless the generation is still active — so two processes cannot both finish it."""
+        unless the generation is still active — so two processes cannot both finish it.
+        `reasoning` None leaves the message's reasoning as it is."""
         now = utcnow()
         async with self.sessions() as s:
             q = update(Generation).where(col(Generation.id) == gen_id)
@@ -333,6 +356,10 @@ class Repo:
             msg = await s.get(Message, gen.message_id)
             assert msg is not None
             msg.content = content
+            if reasoning is not None:
+                msg.reasoning = reasoning.text
+                msg.reasoning_started_at = reasoning.started_at
+                msg.reasoning_ended_at = reasoning.ended_at
             msg.status = TERMINAL_TO_MESSAGE[status]
             msg.is_streaming = False
             msg.completed_at = now

@@ -68,6 +68,12 @@ def test_request_types_match() -> None:
     assert tuple(_strings(_block(SOURCE, "REQUEST_TYPES"))) == protocol.REQUEST_TYPES
 
 
+def test_delta_parts_match() -> None:
+    assert tuple(_strings(_block(SOURCE, "PARTS"))) == protocol.PARTS
+    built = (protocol.delta("c", "g", 1, "t"), protocol.reasoning_delta("c", "g", 2, "r"))
+    assert tuple(e.data["part"] for e in built) == protocol.PARTS
+
+
 def test_version_and_frame_limit_match() -> None:
     assert re.search(rf"export const VERSION = {protocol.VERSION};", SOURCE)
     assert re.search(r"export const MAX_FRAME_BYTES = 64 \* 1024;", SOURCE)

@@ -31,6 +31,12 @@ export const EVENT_TYPES = Object.freeze([
   'pong',
 ]);
 
+/** The parts of an answer a `delta` carries (its `part` field): answer text, or reasoning. */
+export const PARTS = Object.freeze([
+  'text',
+  'reasoning',
+]);
+
 /** Terminal statuses of a generation (the `status` of a `done` event). */
 export const DONE_STATUSES = Object.freeze(['completed', 'stopped', 'error', 'interrupted']);
 

@@ -7,6 +7,11 @@ PROTOCOL.md: `snapshot` replaces state, `message` adds a message, `start` opens 
 A `delta`/`done` whose `seq` is not above the cursor of its generation is *not* applied and is
 recorded as a duplicate; any duplicate or protocol problem makes `check_done` fail, so a server
 that repeats or skips text cannot pass a streaming test.
+
+Reasoning (a `delta` with `part: "reasoning"`) is assembled into the message's `reasoning`
+and verified against `done.reasoning_length` / `reasoning_sha256`. With `v1=True` the
+assembler is a client written against protocol v1 that knows nothing of reasoning: it reads
+only `text` of every delta, exactly as such a client does.
 """
 
 from __future__ import annotations
@@ -47,15 +52,18 @@ def as_data(event: EventLike) -> dict[str, Any]:
 class Assembler:
     """Assembled state of one chat. `chat=None` adopts the chat of the first event."""
 
-    def __init__(self, chat: str | None = None, *, strict: bool = False) -> None:
+    def __init__(self, chat: str | None = None, *, strict: bool = False,
+                 v1: bool = False) -> None:
         self.chat = chat
         self.strict = strict  # raise at once instead of recording
+        self.v1 = v1  # know nothing of reasoning
         self.cursor: Cursor | None = None
         self.messages: dict[str, dict[str, Any]] = {}  # id -> message, content as assembled
         self.gen_message: dict[str, str] = {}  # gen -> assistant message id
         self.last_seq: dict[str, int] = {}  # gen -> highest seq applied
         self.done: dict[str, dict[str, Any]] = {}  # gen -> its done event
         self.done_text: dict[str, str] = {}  # gen -> its message's text when done arrived
+        self.done_reasoning: dict[str, str] = {}  # gen -> its message's reasoning then
         self.finished: set[str] = set()  # gens a snapshot showed as over
         self.duplicates: list[dict[str, Any]] = []
         self.problems: list[str] = []
@@ -101,6 +109,8 @@ class Assembler:
             gen, mid, seq = str(active["gen"]), str(active["message"]), int(active["seq"])
             msg = self.messages.setdefault(mid, {"id": mid, "role": "assistant", "gen": gen})
             msg["content"] = str(active.get("content", ""))
+            if not self.v1:
+                msg["reasoning"] = str(active.get("reasoning") or "")
             self.gen_message[gen] = mid
             self.last_seq[gen] = seq
             self.finished.discard(gen)
@@ -125,7 +135,14 @@ class Assembler:
             return
         mid = self.gen_message[gen]
         msg = self.messages[mid]
-        msg["content"] = str(msg.get("content", "")) + str(data["text"])
+        if not self.v1 and data.get("part") == "reasoning":
+            if data["text"] != "":
+                self._problem(f"reasoning delta {gen}:{seq} with text {data['text']!r}")
+            msg["reasoning"] = str(msg.get("reasoning") or "") + str(data["reasoning"])
+        elif not self.v1 and data.get("part") != "text":
+            self._problem(f"delta {gen}:{seq} without a known part: {data.get('part')!r}")
+        else:
+            msg["content"] = str(msg.get("content", "")) + str(data["text"])
         self.last_seq[gen] = seq
         self.cursor = Cursor(gen, seq)
 
@@ -135,10 +152,12 @@ class Assembler:
             return
         self.done[gen] = data
         self.done_text[gen] = self.text(gen)
+        self.done_reasoning[gen] = self.reasoning(gen)
         final = data.get("message") or {}
         msg = self.messages[self.gen_message[gen]]
         for key, value in final.items():
-            if key != "content":  # the content is what we assembled; check_done compares
+            # What we assembled stays ours; check_done compares it with the final row.
+            if key != "content" and (self.v1 or key != "reasoning"):
                 msg[key] = value
         self.last_seq[gen] = seq
         self.cursor = Cursor(gen, seq)
@@ -177,6 +196,12 @@ class Assembler:
         """The assembled text of the message that `gen` writes."""
         return str(self.messages[self.gen_message[gen]].get("content", ""))
 
+    def reasoning(self, gen: str) -> str:
+        """The assembled reasoning of the message that `gen` writes ("" for a v1 client)."""
+        if self.v1:
+            return ""
+        return str(self.messages[self.gen_message[gen]].get("reasoning") or "")
+
     def message_text(self, message_id: str) -> str:
         return str(self.messages[message_id].get("content", ""))
 
@@ -211,4 +236,13 @@ class Assembler:
         length, sha = digest(text)
         assert length == data["length"], f"length {length} != done.length {data['length']}"
         assert sha == data["sha256"], "sha256 of assembled text != done.sha256"
+        if not self.v1:
+            reasoning = self.done_reasoning.get(gen, self.reasoning(gen))
+            final_reasoning = str((data.get("message") or {}).get("reasoning") or "")
+            assert reasoning == final_reasoning, (
+                f"assembled reasoning of {gen} differs from done.message.reasoning:\n"
+                f"  assembled: {reasoning[:200]!r}\n  final:     {final_reasoning[:200]!r}")
+            length, sha = digest(reasoning)
+            assert length == data["reasoning_length"], "reasoning length != done's"
+            assert sha == data["reasoning_sha256"], "reasoning sha256 != done's"
         return text

@@ -225,3 +225,53 @@ async def test_aware_datetimes_round_trip(sessions: async_sessionmaker[AsyncSess
     assert got.completed_at is not None and got.completed_at.tzinfo is not None
     assert got.created_at == created
     assert got.completed_at == completed
+
+
+async def test_reasoning_migration_keeps_existing_messages(db_kind: DbKind,
+                                                          make_database: DatabaseFactory) -> None:
+    """A database from before reasoning (revision 0002) with an answer in it: after the
+    upgrade the answer is intact, with no reasoning; new answers store theirs."""
+    from alembic import command
+
+    url = make_database(db_kind, migrated=False)
+    run_in_thread(lambda: command.upgrade(alembic_config(url), "0002"))
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text('INSERT INTO "user" (id, display_name, created_at) '
+                                    "VALUES ('u1', 'a', CURRENT_TIMESTAMP)"))
+            await conn.execute(text(
+                "INSERT INTO chat (id, user_id, title, created_at, updated_at) "
+                "VALUES ('c1', 'u1', 't', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+            await conn.execute(text(
+                "INSERT INTO message (id, chat_id, role, content, status, is_streaming, "
+                "created_at) VALUES ('m1', 'c1', 'assistant', 'old answer', 'complete', "
+                "false, CURRENT_TIMESTAMP)"))
+        await engine.dispose()
+        run_in_thread(lambda: command.upgrade(alembic_config(url), "head"))
+        sessions = session_factory(engine)
+        async with sessions() as s:
+            old = await s.get(Message, "m1")
+            assert old is not None and old.content == "old answer"
+            assert (old.reasoning, old.reasoning_started_at, old.reasoning_ended_at) == (
+                "", None, None)
+            started = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+            new = Message(chat_id="c1", role="assistant", content="4", reasoning="2 + 2 …",
+                          reasoning_started_at=started,
+                          reasoning_ended_at=started + timedelta(seconds=12))
+            s.add(new)
+            await s.commit()
+            new_id_ = new.id
+        async with sessions() as s:
+            row = await s.get(Message, new_id_)
+            assert row is not None and row.reasoning == "2 + 2 …"
+            assert row.reasoning_started_at is not None and row.reasoning_ended_at is not None
+            seconds = (row.reasoning_ended_at - row.reasoning_started_at).total_seconds()
+            assert seconds == 12
+        run_in_thread(lambda: command.downgrade(alembic_config(url), "0002"))
+        async with engine.connect() as conn:
+            columns = {c["name"] for c in await conn.run_sync(
+                lambda c: inspect(c).get_columns("message"))}
+        assert "reasoning" not in columns and "content" in columns
+    finally:
+        await engine.dispose()

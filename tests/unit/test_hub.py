@@ -46,6 +46,22 @@ def test_interleaved_generations_merge_per_generation() -> None:
         [(g, 199, g * 199) for g in ("a", "b", "c")]
 
 
+def test_merging_never_mixes_reasoning_and_text() -> None:
+    sub = Subscriber("test", max_frames=64)
+    ready(sub)
+    for seq in range(1, 11):
+        sub.deliver(protocol.reasoning_delta("c", "g", seq, f"r{seq} "))
+    for seq in range(11, 21):
+        sub.deliver(delta("g", seq, f"t{seq} "))
+    sub.deliver(protocol.reasoning_delta("c", "g", 21, "late"))
+    batch = sub.drain()
+    assert [(e.seq, e.data["part"], e.data["text"], e.data.get("reasoning")) for e in batch] == [
+        (10, "reasoning", "", "".join(f"r{i} " for i in range(1, 11))),
+        (20, "text", "".join(f"t{i} " for i in range(11, 21)), None),
+        (21, "reasoning", "", "late"),
+    ]
+
+
 def test_overflow_frees_memory_and_raises_the_alarm() -> None:
     sub = Subscriber("test", max_frames=16, max_bytes=1 << 20)
     alarms: list[bool] = []
