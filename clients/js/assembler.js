@@ -14,7 +14,11 @@ import { codePointLength } from './framing.js';
  * @typedef {object} Message
  * @property {string} id
  * @property {string} role `user` | `assistant` | `system`
- * @property {string} content
+ * @property {string} content the answer text
+ * @property {string} [reasoning] the model's reasoning before (or beside) its answer, markdown
+ * @property {string | null} [reasoning_started_at] ISO time the first reasoning arrived
+ * @property {string | null} [reasoning_ended_at] ISO time the answer's text began (or the
+ *   generation ended); null while the model is still thinking
  * @property {string} status `complete` | `streaming` | `stopped` | `error` | `interrupted`,
  *   plus the local states `pending` (sent, not yet stored) and `failed` (not sent)
  * @property {string | null} [gen]
@@ -24,11 +28,31 @@ import { codePointLength } from './framing.js';
 
 /**
  * @typedef {{type: 'verify', chat: string, message: string, gen: string, content: string,
- *            length: number, sha256: string, serverContent: string | undefined}
+ *            length: number, sha256: string, serverContent: string | undefined,
+ *            reasoning: string, reasoningLength: number | undefined,
+ *            reasoningSha256: string | undefined, serverReasoning: string | undefined}
  *         | {type: 'resync', chat: string, why: string}} Effect
  */
 
 const DONE_TO_MESSAGE = { completed: 'complete', stopped: 'stopped', error: 'error', interrupted: 'interrupted' };
+
+/**
+ * Whether an answer is still reasoning (it has reasoning and no answer text yet, and it runs).
+ * @param {Message} m
+ */
+export function isThinking(m) {
+  return !!m && m.status === 'streaming' && !!m.reasoning && !m.content && !m.reasoning_ended_at;
+}
+
+/**
+ * Seconds the model thought (from its first reasoning to its answer's first text), or null.
+ * @param {Message} m
+ */
+export function thoughtSeconds(m) {
+  if (!m || !m.reasoning_started_at || !m.reasoning_ended_at) return null;
+  const s = (Date.parse(m.reasoning_ended_at) - Date.parse(m.reasoning_started_at)) / 1000;
+  return Number.isFinite(s) && s >= 0 ? s : null;
+}
 
 export class ChatState {
   /** @param {string} chat */
@@ -125,11 +149,16 @@ export class ChatState {
     const a = ev.active;
     if (a && a.gen && a.message) {
       const content = typeof a.content === 'string' ? a.content : '';
+      const thinking = {
+        reasoning: typeof a.reasoning === 'string' ? a.reasoning : '',
+        reasoning_started_at: a.reasoning_started_at || null,
+        reasoning_ended_at: a.reasoning_ended_at || null,
+      };
       const i = this.indexOf(a.message);
       if (i === -1) {
-        this.push({ id: a.message, chat: this.chat, role: 'assistant', content, status: 'streaming', gen: a.gen });
+        this.push({ id: a.message, chat: this.chat, role: 'assistant', content, ...thinking, status: 'streaming', gen: a.gen });
       } else {
-        this.replaceAt(i, { ...this.messages[i], content, status: 'streaming', gen: a.gen });
+        this.replaceAt(i, { ...this.messages[i], content, ...thinking, status: 'streaming', gen: a.gen });
       }
       const seq = Number(a.seq) || 0;
       this.gens.set(a.gen, { message: a.message, seq, done: false });
@@ -166,6 +195,7 @@ export class ChatState {
     const next = { ...cur, ...msg, local: false };
     if (running) {
       next.content = cur.content;
+      next.reasoning = cur.reasoning;
       next.status = 'streaming';
     }
     delete next.local;
@@ -177,7 +207,7 @@ export class ChatState {
     const i = this.indexOf(ev.message);
     const fields = { gen: ev.gen, status: 'streaming', provider: ev.provider, model: ev.model };
     if (i === -1) {
-      this.push({ id: ev.message, chat: this.chat, role: 'assistant', content: '', ...fields });
+      this.push({ id: ev.message, chat: this.chat, role: 'assistant', content: '', reasoning: '', ...fields });
     } else {
       // A `continue` keeps the partial text; later deltas append to it.
       this.replaceAt(i, { ...this.messages[i], ...fields });
@@ -205,7 +235,15 @@ export class ChatState {
       return false;
     }
     const m = this.messages[i];
-    this.replaceAt(i, { ...m, content: m.content + (ev.text || '') });
+    if (ev.part === 'reasoning') {
+      // Reasoning: a part of its own, never in `content` (its `text` is always empty).
+      const started = m.reasoning_started_at || new Date().toISOString();
+      const ended = m.content ? m.reasoning_ended_at : null; // a continue reopens it
+      this.replaceAt(i, { ...m, reasoning: (m.reasoning || '') + (ev.reasoning || ''), reasoning_started_at: started, reasoning_ended_at: ended });
+    } else {
+      const ended = m.reasoning && !m.reasoning_ended_at ? new Date().toISOString() : m.reasoning_ended_at;
+      this.replaceAt(i, { ...m, content: m.content + (ev.text || ''), ...(m.reasoning ? { reasoning_ended_at: ended } : {}) });
+    }
     g.seq = ev.seq;
     this.cursor = { gen: ev.gen, seq: ev.seq };
     return true;
@@ -233,10 +271,13 @@ export class ChatState {
       this.replaceAt(i, { ...cur, ...final, ...extra, status, content: final.content ?? cur.content });
       return true;
     }
-    this.replaceAt(i, { ...cur, ...final, ...extra, status, content: cur.content });
+    const reasoning = cur.reasoning || '';
+    this.replaceAt(i, { ...cur, ...final, ...extra, status, content: cur.content, reasoning });
     effects.push({
       type: 'verify', chat: this.chat, message: cur.id, gen: ev.gen, content: cur.content,
       length: ev.length, sha256: ev.sha256, serverContent: final.content,
+      reasoning, reasoningLength: ev.reasoning_length, reasoningSha256: ev.reasoning_sha256,
+      serverReasoning: typeof final.reasoning === 'string' ? final.reasoning : undefined,
     });
     return true;
   }
@@ -250,6 +291,18 @@ export class ChatState {
     if (i === -1) return false;
     if (ifContent !== undefined && this.messages[i].content !== ifContent) return false;
     this.replaceAt(i, { ...this.messages[i], content });
+    return this.touch();
+  }
+
+  /**
+   * Replace a message's reasoning (after a failed verification), unless it changed meanwhile.
+   * @param {string} id @param {string} reasoning @param {string} [ifReasoning]
+   */
+  replaceReasoning(id, reasoning, ifReasoning) {
+    const i = this.indexOf(id);
+    if (i === -1) return false;
+    if (ifReasoning !== undefined && (this.messages[i].reasoning || '') !== ifReasoning) return false;
+    this.replaceAt(i, { ...this.messages[i], reasoning });
     return this.touch();
   }
 

@@ -14,7 +14,7 @@ import { FrameTooLarge } from './framing.js';
 import { sha256Hex } from './sha256.js';
 import { ChatcastError, httpCommand, PollTransport, SseTransport, toError, WsTransport } from './transports.js';
 
-export { ChatState } from './assembler.js';
+export { ChatState, isThinking, thoughtSeconds } from './assembler.js';
 export { ChatcastError } from './transports.js';
 export * as protocol from './protocol.js';
 
@@ -364,16 +364,23 @@ export class ChatcastClient {
   }
 
   async verify(st, eff) {
-    const ok = await verifyContent(eff.content, eff.length, eff.sha256, sha256Hex);
-    this.emit('integrity', { chat: eff.chat, message: eff.message, gen: eff.gen, ok });
+    const textOk = await verifyContent(eff.content, eff.length, eff.sha256, sha256Hex);
+    // A server that sends no reasoning digest has nothing to check.
+    const reasoningOk = eff.reasoningSha256 === undefined
+      || await verifyContent(eff.reasoning, eff.reasoningLength, eff.reasoningSha256, sha256Hex);
+    const ok = textOk && reasoningOk;
+    this.emit('integrity', { chat: eff.chat, message: eff.message, gen: eff.gen, ok, text: textOk, reasoning: reasoningOk });
     if (ok) return;
-    if (typeof eff.serverContent === 'string') {
-      if (st.replaceContent(eff.message, eff.serverContent, eff.content)) {
-        this.emit('change', { chat: eff.chat, state: st, event: null });
-      }
-    } else {
+    const haveText = textOk || typeof eff.serverContent === 'string';
+    const haveReasoning = reasoningOk || typeof eff.serverReasoning === 'string';
+    if (!haveText || !haveReasoning) {
       this.resync(eff.chat);
+      return;
     }
+    let changed = false;
+    if (!textOk) changed = st.replaceContent(eff.message, eff.serverContent, eff.content) || changed;
+    if (!reasoningOk) changed = st.replaceReasoning(eff.message, eff.serverReasoning, eff.reasoning) || changed;
+    if (changed) this.emit('change', { chat: eff.chat, state: st, event: null });
   }
 
   onReply(rid, frame) {

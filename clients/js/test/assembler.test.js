@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { ChatState, verifyContent } from '../assembler.js';
+import { ChatState, isThinking, thoughtSeconds, verifyContent } from '../assembler.js';
 import { sha256Hex, sha256Bytes } from '../sha256.js';
 
 const C = 'c1';
@@ -122,4 +122,49 @@ test('pure-JS SHA-256 matches the platform', async () => {
     assert.equal(js, hex(s));
     assert.equal(await sha256Hex(s), hex(s));
   }
+});
+
+test('reasoning deltas build `reasoning`, never `content`; text ends the reasoning; done verifies both', async () => {
+  const s = new ChatState(C);
+  s.apply({ type: 'snapshot', chat: C, messages: [user('m1', 'hi')], active: null });
+  s.apply({ type: 'start', chat: C, gen: 'g', message: 'a', provider: 'demo', model: 'demo-thinking' });
+  s.apply({ type: 'delta', chat: C, gen: 'g', seq: 1, part: 'reasoning', text: '', reasoning: 'Let me ' });
+  s.apply({ type: 'delta', chat: C, gen: 'g', seq: 2, part: 'reasoning', text: '', reasoning: 'think 🤔' });
+  let m = s.get('a');
+  assert.equal(m.reasoning, 'Let me think 🤔');
+  assert.equal(m.content, '');
+  assert.ok(isThinking(m) && m.reasoning_started_at && !m.reasoning_ended_at);
+  // A duplicate reasoning delta is not applied twice.
+  assert.equal(s.apply({ type: 'delta', chat: C, gen: 'g', seq: 2, part: 'reasoning', text: '', reasoning: 'think 🤔' }).changed, false);
+  s.apply({ type: 'delta', chat: C, gen: 'g', seq: 3, part: 'text', text: 'Yes.' });
+  m = s.get('a');
+  assert.equal(m.content, 'Yes.');
+  assert.ok(!isThinking(m) && m.reasoning_ended_at);
+  const final = { ...done('g', 4, { id: 'a', reasoning: 'Let me think 🤔', reasoning_started_at: '2026-01-01T00:00:00Z', reasoning_ended_at: '2026-01-01T00:00:12.5Z' }, 'Yes.'),
+    reasoning_length: [...'Let me think 🤔'].length, reasoning_sha256: hex('Let me think 🤔') };
+  const { effects: [v] } = s.apply(final);
+  assert.ok(await verifyContent(v.content, v.length, v.sha256, sha256Hex));
+  assert.ok(await verifyContent(v.reasoning, v.reasoningLength, v.reasoningSha256, sha256Hex));
+  assert.equal(thoughtSeconds(s.get('a')), 12.5);
+  assert.equal(s.get('a').reasoning, 'Let me think 🤔');
+});
+
+test('a client of protocol v1 fields only still assembles the answer: reasoning deltas have empty text', () => {
+  const s = new ChatState(C);
+  s.apply({ type: 'snapshot', chat: C, messages: [], active: { gen: 'g', message: 'a', seq: 0, content: '', reasoning: 'so far ' } });
+  assert.equal(s.get('a').reasoning, 'so far ');
+  s.apply({ type: 'delta', chat: C, gen: 'g', seq: 1, part: 'reasoning', text: '', reasoning: 'more' });
+  s.apply({ type: 'delta', chat: C, gen: 'g', seq: 2, text: 'Old-style delta' }); // no part: text
+  assert.equal(s.get('a').content, 'Old-style delta');
+  assert.equal(s.get('a').reasoning, 'so far more');
+  assert.deepEqual(s.cursor, { gen: 'g', seq: 2 });
+});
+
+test('replaceReasoning repairs a reasoning that failed verification', () => {
+  const s = new ChatState(C);
+  s.apply({ type: 'snapshot', chat: C, messages: [{ id: 'a', chat: C, role: 'assistant', content: 'x', reasoning: 'bad', status: 'complete', gen: 'g' }], active: null });
+  assert.equal(s.replaceReasoning('a', 'good', 'other'), false);
+  assert.equal(s.replaceReasoning('a', 'good', 'bad'), true);
+  assert.equal(s.get('a').reasoning, 'good');
+  assert.equal(thoughtSeconds(s.get('a')), null);
 });

@@ -232,3 +232,24 @@ test('a running answer that went silent and ended elsewhere is re-synced from a 
   assert.equal(ws.sentOf('unsubscribe').length, 1);
   client.close();
 });
+
+test('a done whose reasoning does not match is repaired from the server row', async () => {
+  const WS = fakeWs();
+  const client = new ChatcastClient(opts({ WebSocket: WS, fetch: fakeFetch({}) }));
+  const st = client.subscribe('c1');
+  const integrity = [];
+  client.on('integrity', (e) => integrity.push([e.ok, e.text, e.reasoning]));
+  WS.all[0].accept();
+  WS.all[0].pong();
+  const ws = WS.all[0];
+  ws.push({ type: 'snapshot', chat: 'c1', messages: [], active: { gen: 'g', message: 'a', seq: 1, content: '', reasoning: 'abx' } });
+  ws.push({ type: 'delta', chat: 'c1', gen: 'g', seq: 2, part: 'text', text: 'abc' });
+  const abc = 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad';
+  ws.push({ type: 'done', chat: 'c1', gen: 'g', seq: 3, status: 'completed', message: { id: 'a', content: 'abc', reasoning: 'abc', status: 'complete' },
+    length: 3, sha256: abc, reasoning_length: 3, reasoning_sha256: abc });
+  await until(() => integrity.length === 1);
+  assert.deepEqual(integrity, [[false, true, false]]);
+  assert.equal(st.get('a').reasoning, 'abc');
+  assert.equal(st.get('a').content, 'abc');
+  client.close();
+});
