@@ -7,7 +7,7 @@
 import {
   createApp, defineComponent, h, nextTick, onBeforeUnmount, onMounted, reactive, ref, shallowRef, computed,
 } from './vendor/vue/vue.runtime.esm-browser.prod.js';
-import { ChatcastClient } from '/client/chatcast.js';
+import { ChatcastClient, isThinking, thoughtSeconds } from '/client/chatcast.js';
 import { renderMarkdown } from './markdown.js';
 
 // ---- connection ---------------------------------------------------------------------------
@@ -346,6 +346,37 @@ const StatusNote = {
   error: 'The answer failed.',
 };
 
+/**
+ * The model's reasoning above its answer: open while it thinks ("Thinking…"), collapsed once
+ * the answer starts ("Thought for N s"), open or closed as the reader chooses after that.
+ * Markdown, through the same sanitiser as answers.
+ */
+const ReasoningView = defineComponent({
+  name: 'ReasoningView',
+  props: { msg: Object },
+  setup(props) {
+    const html = computed(() => renderMarkdown(props.msg.reasoning));
+    const chosen = ref(null); // the reader's own open/closed, once they toggled it
+    const auto = computed(() => !props.msg.content); // open until the answer starts
+    const onToggle = (e) => {
+      // The browser also fires `toggle` when the page opens or closes it: only a change
+      // away from what the page set is the reader's choice.
+      if (e.target.open !== auto.value) chosen.value = e.target.open;
+    };
+    return () => {
+      const m = props.msg;
+      const thinking = isThinking(m);
+      const secs = thoughtSeconds(m);
+      const label = thinking ? 'Thinking…'
+        : secs !== null ? `Thought for ${Math.max(1, Math.round(secs))} s` : 'Reasoning';
+      return h('details', { class: ['reasoning', thinking && 'thinking'], open: chosen.value ?? auto.value, onToggle }, [
+        h('summary', { class: 'reasoning-head' }, label),
+        h('div', { class: 'markdown reasoning-body', innerHTML: html.value }),
+      ]);
+    };
+  },
+});
+
 const MessageView = defineComponent({
   name: 'MessageView',
   props: { msg: Object, last: Boolean, busy: Boolean },
@@ -363,6 +394,7 @@ const MessageView = defineComponent({
       const children = [
         h('div', { class: 'avatar', 'aria-hidden': 'true' }, '✦'),
         h('div', { class: 'body' }, [
+          m.reasoning ? h(ReasoningView, { msg: m }) : null,
           h('div', { class: ['markdown', streaming && 'streaming', !m.content && streaming && 'empty'], innerHTML: html.value }),
           StatusNote[m.status] ? h('div', { class: ['note', m.status] }, [
             StatusNote[m.status],
