@@ -116,12 +116,18 @@ async def user_of(servers: Servers, fakes: dict[str, FakeServer]
                   ) -> AsyncIterator[Any]:
     clients: list[httpx.AsyncClient] = []
 
-    async def make(name: str) -> User:
+    async def make(name: str, reply: Reply | None = None) -> User:
+        """A new user of the server of source `name`, whose fake answers with `reply` (by
+        default the source's own)."""
         source = SOURCES[name]
         if source.reply is not None:
             api = fakes["gemini" if source.server == "gemini" else "openai"]
             api.requests.clear()
-            api.script(source.reply, then=source.reply)
+            sentinel = Reply()
+            api.default = sentinel
+            while api.next_reply() is not sentinel:  # forget what earlier tests left
+                pass
+            api.script(then=reply or source.reply)
         srv = await servers.get(source.server)
         http = httpx.AsyncClient(base_url=srv.url, timeout=30)
         clients.append(http)
@@ -308,3 +314,48 @@ async def test_snapshot_mid_reasoning_carries_it_and_history_keeps_it(user_of: A
     assert done["reasoning_length"] == len(SOURCES["demo"].reasoning)
     gen = (await user.http.get(f"/api/generations/{ack['gen']}")).json()
     assert gen["reasoning"] == SOURCES["demo"].reasoning
+
+
+async def test_an_error_mid_reasoning_keeps_it(user_of: Any) -> None:
+    user: User = await user_of("openai-reasoning",
+                               Reply.thinking(THOUGHTS[:5], (), delay_s=DELAY, end="drop"))
+    chat = await user.new_chat()
+    async with await user.ws() as tab:
+        await tab.subscribe(chat)
+        ack = await tab.request({"type": "send", "chat": chat, "content": "fail"})
+        done = await tab.wait_done(ack["gen"])
+    assert done["status"] == "error" and done["error"]["code"] == "provider_error"
+    row = await sql_answer(user.srv, ack["assistant"])
+    assert row["reasoning"] == "".join(THOUGHTS[:5]) == tab.assembler(chat).reasoning(ack["gen"])
+    assert row["content"] == "" and row["status"] == "error"
+
+
+async def test_a_crash_mid_reasoning_keeps_it(server: Any, redis_server: Any,
+                                              make_database: Any) -> None:
+    """The owner is killed (SIGKILL) while the model reasons: the other process takes the
+    generation for dead, and what the tabs saw of the reasoning is kept."""
+    import signal
+
+    redis = redis_server()
+    env = {"REDIS_URL": redis.url, "DATABASE_URL": make_database("postgresql"),
+           "CHATCAST_PROVIDER": "demo", "CHATCAST_MODEL": "demo-thinking",
+           "CHATCAST_DEMO_TOKENS_PER_S": "10", "CHATCAST_LEASE_TTL_S": "3",
+           "CHATCAST_CHECKPOINT_INTERVAL_S": "0.5"}
+    owner, other = await server(env=env), await server(env=env)
+    async with httpx.AsyncClient(base_url=owner.url, timeout=30) as http:
+        assert (await http.get("/api/chats")).status_code == 200
+        user = User(owner, http)
+        chat = await user.new_chat()
+        async with await WSClient.connect(other.ws_url, cookie=user.cookie) as watcher:
+            await watcher.subscribe(chat)
+            async with await user.ws() as tab:
+                ack = await tab.request({"type": "send", "chat": chat, "content": DEMO_PROMPT})
+            await wait_reasoning(watcher, ack["gen"], 5)
+            owner.kill(signal.SIGKILL)
+            done = await watcher.wait_done(ack["gen"], timeout=20)
+    assert done["status"] == "interrupted"
+    row = await sql_answer(other, ack["assistant"])
+    kept = watcher.assembler(chat).reasoning(ack["gen"])
+    assert row["reasoning"] == kept and len(kept) > 0
+    assert SOURCES["demo"].reasoning.startswith(kept)
+    assert row["reasoning_ended_at"] is not None
