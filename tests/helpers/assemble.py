@@ -139,7 +139,7 @@ class Assembler:
             if data["text"] != "":
                 self._problem(f"reasoning delta {gen}:{seq} with text {data['text']!r}")
             msg["reasoning"] = str(msg.get("reasoning") or "") + str(data["reasoning"])
-        elif not self.v1 and data.get("part") != "text":
+        elif not self.v1 and data.get("part") not in ("text", None):  # None: an older server
             self._problem(f"delta {gen}:{seq} without a known part: {data.get('part')!r}")
         else:
             msg["content"] = str(msg.get("content", "")) + str(data["text"])

@@ -359,3 +359,32 @@ async def test_a_crash_mid_reasoning_keeps_it(server: Any, redis_server: Any,
     assert row["reasoning"] == kept and len(kept) > 0
     assert SOURCES["demo"].reasoning.startswith(kept)
     assert row["reasoning_ended_at"] is not None
+
+
+@pytest.mark.parametrize(("raw", "reasoning", "answer"), [
+    # reasoning after the answer started: kept, in its own part, the answer intact
+    (({"reasoning": "first "}, {"content": "Answer "}, {"reasoning": "late"},
+      {"content": "goes on."}), "first late", "Answer goes on."),
+    # an empty reasoning field on every chunk
+    (tuple({"content": t, "reasoning": "", "reasoning_content": ""} for t in ANSWER), "",
+     "".join(ANSWER)),
+    # a reasoning_details entry of an unknown type, then one that is readable
+    (({"content": "", "reasoning_details": [{"type": "reasoning.hologram"}]},
+      {"content": "Hi", "reasoning_details": [{"type": "reasoning.text", "text": "ok"}]}),
+     "ok", "Hi"),
+])
+async def test_bad_reasoning_input_loses_no_text(user_of: Any, raw: tuple[Any, ...],
+                                                 reasoning: str, answer: str) -> None:
+    user: User = await user_of("openai-reasoning", Reply(chunks=("x",) * len(raw), raw=raw))
+    chat = await user.new_chat()
+    async with await user.ws() as tab:
+        await tab.subscribe(chat)
+        ack = await tab.request({"type": "send", "chat": chat, "content": "odd"})
+        done = await tab.wait_done(ack["gen"])
+    row = await sql_answer(user.srv, ack["assistant"])
+    assert done["status"] == "completed"
+    assert (row["reasoning"], row["content"]) == (reasoning, answer)
+    assert tab.assembler(chat).reasoning(ack["gen"]) == reasoning
+    assert v1_client(tab.received, chat).check_done(done) == answer
+    if reasoning and answer:
+        assert row["reasoning_ended_at"] is not None
