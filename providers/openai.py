@@ -55,8 +55,6 @@ class OpenAIProvider:
         self.think_open_models = think_open_models
         self.reasoning_summary = reasoning_summary or None
         self.reasoning_effort = reasoning_effort or None
-        if wire == "responses":
-            responses.warm_up()
         self._client = AsyncOpenAI(
             api_key=api_key or "unused",  # local servers take no key; the SDK insists on one
             base_url=base_url,
@@ -65,6 +63,9 @@ class OpenAIProvider:
             timeout=openai.Timeout(connect=connect_timeout_s, read=idle_timeout_s + 5,
                                    write=connect_timeout_s, pool=connect_timeout_s),
         )
+        if wire == "responses":
+            responses.warm_up()
+            _ = self._client.responses  # the SDK imports this resource on first use (~0.5 s)
 
     def stream(self, messages: list[ChatMessage], *, model: str,
                params: StreamParams) -> AsyncIterator[Chunk]:

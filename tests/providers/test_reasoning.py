@@ -44,6 +44,11 @@ def openai_provider_for(api: FakeServer, **options: Any) -> OpenAIProvider:
 @pytest.fixture
 async def responses_provider(openai_api: FakeServer) -> AsyncIterator[OpenAIProvider]:
     provider = openai_provider_for(openai_api, wire="responses")
+    # One answer first: the SDK finishes building itself on its first request (a few
+    # hundred ms on a busy machine), which would merge the first test's 20 ms-apart chunks.
+    async for _ in provider.stream(MESSAGES, model="gpt-fake", params=StreamParams()):
+        pass
+    openai_api.requests.clear()
     yield provider
     await provider.aclose()
 
