@@ -245,7 +245,7 @@ def _api_key(provider: str, request: RecordedRequest) -> str:
 
 async def test_streams_token_by_token_and_stores_usage(scene: Scene) -> None:
     chunks = ("Once", " upon", " a", " time", ",", " the end.")
-    scene.api.script(Reply.text(*chunks, delay_s=0.03))
+    scene.api.script(Reply.text(*chunks, delay_s=0.2))  # apart enough not to be merged
     async with scene.session() as s:
         ack = await s.send("tell me a story")
         start = await s.tab.wait_for("start", lambda e: e["gen"] == ack["gen"])
