@@ -67,7 +67,7 @@ def serve(args: argparse.Namespace) -> None:
         ws_per_message_deflate=settings.ws_compression,
         ws_ping_interval=settings.ws_ping_interval_s,
         ws_ping_timeout=settings.ws_ping_interval_s,
-        log_config=log_config(settings.log_level),
+        log_config=log_config(settings.log_level, settings.log_format),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
         proxy_headers=True,
     )
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     p_revoke.add_argument("id", help="the token's id (from `token list`)")
     args = parser.parse_args(argv)
     settings = Settings()
-    logging.config.dictConfig(log_config(settings.log_level))
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     if args.command == "migrate":
         _migrate(settings)
         print("database is up to date", file=sys.stderr)

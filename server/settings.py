@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     generation_timeout_s: float = 600.0
 
     log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
