@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,7 +22,7 @@ from providers.base import (
 )
 from providers.demo import DemoProvider
 from providers.history import trim_history
-from providers.resilience import backoff_delay, guarded
+from providers.resilience import backoff_delay, guarded, scenario
 
 __all__ = ["ChatMessage", "Chunk", "Provider", "ProviderError", "ProviderFailure",
            "ProviderStreamBroken", "ProviderUnavailable", "Registry", "RetryPolicy",
@@ -55,8 +55,15 @@ class _Attempt:
     streaming: bool
 
 
+def _ignore(provider: str, scenario: str) -> None:
+    pass
+
+
 class Registry:
-    """The configured providers, built once per process."""
+    """The configured providers, built once per process. `on_failure(provider, scenario)`
+    is told of every failed attempt (scenario: before_first_token, mid_stream,
+    idle_timeout) and of every answer that came from a fallback (fallback_used, with the
+    provider that was asked)."""
 
     def __init__(self, providers: dict[str, Provider], default: str,
                  default_model: str | None = None, fallback: list[str] | None = None,
@@ -68,6 +75,7 @@ class Registry:
         self.default_model = default_model or providers[default].default_model
         self.fallback = [p for p in (fallback or []) if p in providers]
         self.policy = policy or RetryPolicy()
+        self.on_failure: Callable[[str, str], None] = _ignore
 
     @classmethod
     def from_settings(cls, settings: Any) -> Registry:
@@ -155,17 +163,20 @@ class Registry:
                                  idle_timeout_s=self.policy.idle_timeout_s)
                 try:
                     async for chunk in chunks:
+                        if not flowed and (attempt.provider != provider
+                                           or not attempt.streaming):
+                            self.on_failure(provider, "fallback_used")
                         flowed = True
                         yield chunk
                     return
-                except ProviderUnavailable as exc:
+                except ProviderFailure as exc:
+                    self.on_failure(attempt.provider, scenario(exc, flowed=flowed))
                     meta["errors"].append(f"{attempt.provider}: {exc.message}")
+                    if not isinstance(exc, ProviderUnavailable):
+                        raise
                     if flowed:  # cannot happen with our providers; keep the promise anyway
                         raise ProviderStreamBroken(exc.message, status=exc.status) from exc
                     last = exc
-                except ProviderFailure as exc:
-                    meta["errors"].append(f"{attempt.provider}: {exc.message}")
-                    raise
                 finally:
                     await chunks.aclose()
         assert last is not None

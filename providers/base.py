@@ -71,7 +71,10 @@ class Provider(Protocol):
 
 
 class ProviderFailure(Exception):
-    """Base of provider errors. `message` is safe to show a user (no keys, no raw bodies)."""
+    """Base of provider errors. `message` is safe to show a user (no keys, no raw bodies).
+    `idle` is set when the provider sent nothing for the idle timeout."""
+
+    idle: bool = False
 
     def __init__(self, message: str, *, status: int | None = None,
                  retry_after: float | None = None) -> None:

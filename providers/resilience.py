@@ -164,9 +164,24 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 def _idle_failure(label: str, idle_timeout_s: float, *, flowed: bool) -> ProviderFailure:
+    failure: ProviderFailure
     if flowed:
-        return ProviderStreamBroken(f"{label} sent nothing for {idle_timeout_s:g} s mid-answer")
-    return ProviderUnavailable(f"{label} sent nothing for {idle_timeout_s:g} s")
+        failure = ProviderStreamBroken(f"{label} sent nothing for {idle_timeout_s:g} s "
+                                       "mid-answer")
+    else:
+        failure = ProviderUnavailable(f"{label} sent nothing for {idle_timeout_s:g} s")
+    failure.idle = True
+    return failure
+
+
+def scenario(failure: ProviderFailure, *, flowed: bool) -> str:
+    """Which way a provider attempt failed: `idle_timeout`, `mid_stream` (after text had
+    flowed) or `before_first_token`."""
+    if failure.idle:
+        return "idle_timeout"
+    if flowed or isinstance(failure, ProviderStreamBroken):
+        return "mid_stream"
+    return "before_first_token"
 
 
 def backoff_delay(attempt: int, *, base_s: float, max_s: float,

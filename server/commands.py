@@ -37,20 +37,27 @@ async def send(svc: Services, user: str, chat: str, content: str,
                client_msg_id: str | None) -> dict[str, Any]:
     check_content(content, svc.settings.max_message_chars)
     await check_rate(svc, user)
-    return started_result(await svc.runner.send(user, chat, content, client_msg_id))
+    result = started_result(await svc.runner.send(user, chat, content, client_msg_id))
+    metrics.USER_ACTIONS.labels("send").inc()
+    return result
 
 
 async def stop(svc: Services, user: str, gen: str | None, chat: str | None) -> dict[str, Any]:
     g = await svc.runner.stop(user, gen, chat)
+    metrics.USER_ACTIONS.labels("stop").inc()
     return {"gen": g.id, "status": "stopping" if g.status == "active" else g.status}
 
 
 async def regenerate(svc: Services, user: str, chat: str,
                      message: str | None) -> dict[str, Any]:
     await check_rate(svc, user)
-    return started_result(await svc.runner.regenerate(user, chat, message))
+    result = started_result(await svc.runner.regenerate(user, chat, message))
+    metrics.USER_ACTIONS.labels("regenerate").inc()
+    return result
 
 
 async def continue_(svc: Services, user: str, gen: str) -> dict[str, Any]:
     await check_rate(svc, user)
-    return started_result(await svc.runner.continue_(user, gen))
+    result = started_result(await svc.runner.continue_(user, gen))
+    metrics.USER_ACTIONS.labels("continue").inc()
+    return result

@@ -17,9 +17,9 @@ TTFT = Histogram("chatcast_time_to_first_token_seconds",
                  ["provider"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
                  registry=REGISTRY)
 TTFA = Histogram("chatcast_time_to_first_answer_token_seconds",
-                 "From generation start to its first answer text (after any reasoning), by "
-                 "provider", ["provider"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60,
-                                                    120), registry=REGISTRY)
+                 "From a generation's start (the user's request accepted) to its first answer "
+                 "text (after any reasoning), by provider", ["provider"],
+                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120), registry=REGISTRY)
 
 
 class _PlainCounter(Collector):
@@ -75,9 +75,43 @@ PROVIDER_RETRIES = Counter("chatcast_provider_retries_total", "Retries before th
 RATE_LIMITED = Counter("chatcast_limited_total",
                        "Requests refused by a limit (frames, messages, generations, sockets)",
                        ["limit"], registry=REGISTRY)
+PROVIDER_FAILURES = Counter(
+    "chatcast_provider_failures_total",
+    "Provider failures by scenario (before_first_token, mid_stream, idle_timeout, "
+    "wall_clock_limit) and answers that needed a fallback (fallback_used), by the provider "
+    "asked", ["provider", "scenario"], registry=REGISTRY)
+GENERATION_DURATION = Histogram(
+    "chatcast_generation_duration_seconds",
+    "From a generation's start to its terminal state, by status", ["status"],
+    buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600), registry=REGISTRY)
+TOKENS_PER_S = Histogram(
+    "chatcast_output_tokens_per_second",
+    "Output tokens per second of completed answers from a provider (first token to the end)",
+    ["provider"], buckets=(1, 2, 5, 10, 20, 40, 80, 160, 320, 640, 1280), registry=REGISTRY)
+STOP_LATENCY = Histogram(
+    "chatcast_stop_latency_seconds",
+    "From a stop reaching the generation's process to its done being published",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=REGISTRY)
+USER_ACTIONS = Counter(
+    "chatcast_user_actions_total",
+    "What users do: send, stop, regenerate, continue (seen by the server); copy, reconnect, "
+    "transport_fallback (reported by clients)", ["action"], registry=REGISTRY)
+CLIENT_ERRORS = Counter("chatcast_client_errors_total", "Errors reported by clients, by kind",
+                        ["kind"], registry=REGISTRY)
+CACHE_LOOKUPS = Counter(
+    "chatcast_cache_lookups_total",
+    "Response cache lookups: for an answer (use=answer) or as the last fallback "
+    "(use=last_fallback), by result (hit = the answer was served from the cache)",
+    ["use", "result"], registry=REGISTRY)
+CACHE_STORES = Counter("chatcast_cache_stores_total", "Answers written to the response cache",
+                       registry=REGISTRY)
 AUTH_REFUSED = Counter("chatcast_auth_refused_total",
                        "Requests and handshakes refused for missing or invalid credentials",
                        registry=REGISTRY)
+
+
+def provider_failure(provider: str, scenario: str) -> None:
+    PROVIDER_FAILURES.labels(provider, scenario).inc()
 
 
 def render() -> bytes:

@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from providers import (
     ChatMessage,
+    Chunk,
     ProviderError,
     ProviderFailure,
     ProviderStreamBroken,
@@ -26,7 +27,7 @@ from providers import (
     StreamParams,
 )
 from providers.history import trim_history
-from server import metrics, protocol
+from server import cache, metrics, protocol
 from server.bus.base import (
     Bus,
     BusUnavailable,
@@ -74,6 +75,10 @@ class Running:
     shutting_down: bool = False  # the process is stopping: the answer ends `interrupted`
     answered: bool = False  # this generation has sent answer text
     thought: bool = False  # this generation has sent reasoning
+    started: float = field(default_factory=time.monotonic)
+    first_output_at: float | None = None  # the first text or reasoning
+    stop_at: float | None = None  # when the stop reached this process
+    chunks: int = 0  # output chunks from the provider (tokens, when it reports no usage)
 
 
 class Runner:
@@ -90,6 +95,7 @@ class Runner:
         # Orders checkpoints before final writes (a late checkpoint never overwrites them).
         self._write_lock = asyncio.Lock()
         self.pacer = Pacer(settings.coalesce_max_ms / 1000)
+        self.cache: cache.ResponseCache | None = None
 
     # Commands ------------------------------------------------------------------------
 
@@ -177,6 +183,7 @@ class Runner:
         running = self.running.get(gen_id)
         if running is not None and not running.stop_requested:
             running.stop_requested = True
+            running.stop_at = time.monotonic()
             self._halt(running)
 
     @staticmethod
@@ -222,6 +229,8 @@ class Runner:
         # before the first delta exists.
         await self._append(r, protocol.start(r.chat_id, r.gen.id, r.message_id,
                                              r.gen.provider, r.gen.model))
+        log.info("generation started", extra={"gen": r.gen.id, "chat": r.chat_id,
+                                              "provider": r.gen.provider, "model": r.gen.model})
 
     async def _run(self, r: Running, begun: asyncio.Future[None]) -> None:
         """Drive the pump under the wall-clock limit and always end with one terminal state."""
@@ -236,6 +245,7 @@ class Runner:
         except TimeoutError:
             status, error = "error", {"code": str(Code.PROVIDER_UNAVAILABLE),
                                       "message": "the answer took longer than the time limit"}
+            metrics.PROVIDER_FAILURES.labels(r.gen.provider, "wall_clock_limit").inc()
         except asyncio.CancelledError:
             # The pump was cancelled before it ran its own handler (a stop that came first).
             status = "stopped" if r.stop_requested else "interrupted"
@@ -264,6 +274,7 @@ class Runner:
 
     async def _pump(self, r: Running, begun: asyncio.Future[None]) -> None:
         """Provider → bus. Halted by `stop` (the provider closes its connection)."""
+        stream: AsyncGenerator[Chunk, None] | None = None
         try:
             await self._begin(r)
             begun.set_result(None)
@@ -271,27 +282,28 @@ class Runner:
                 return
             history = await self._history(r)
             started_at = time.monotonic()
-            stream = self.registry.stream(r.gen.provider, r.gen.model, history,
-                                          StreamParams(), r.meta)
+            stream = self._answer(r, history)
             async for chunk in stream:
                 if chunk.usage is not None:
                     r.usage = chunk.usage.as_dict()
                 if not chunk.output:
                     continue
+                r.chunks += 1
+                cached = bool(r.meta.get("cached"))
+                provider = "cache" if cached else r.meta.get("provider") or r.gen.provider
                 if not (r.answered or r.thought):  # first visible output, of either part
-                    ttft = time.monotonic() - started_at
-                    r.meta["ttft_ms"] = round(ttft * 1000, 1)
-                    provider = r.meta.get("provider") or r.gen.provider
-                    metrics.TTFT.labels(provider).observe(ttft)
+                    r.first_output_at = now = time.monotonic()
+                    r.meta["ttft_ms"] = round((now - started_at) * 1000, 1)
+                    if not cached:
+                        metrics.TTFT.labels(provider).observe(now - started_at)
                 ts = (chunk.at or time.time()) if self.settings.demo_timestamps else None
                 if chunk.reasoning and not await self._think(r, chunk.reasoning, ts):
                     return
                 if chunk.text:
-                    if not r.answered:
-                        ttfa = time.monotonic() - started_at
-                        r.meta["ttfa_ms"] = round(ttfa * 1000, 1)
-                        metrics.TTFA.labels(r.meta.get("provider") or r.gen.provider
-                                            ).observe(ttfa)
+                    if not r.answered:  # what the user waits for, from the request
+                        now = time.monotonic()
+                        r.meta["ttfa_ms"] = round((now - started_at) * 1000, 1)
+                        metrics.TTFA.labels(provider).observe(now - r.started)
                     if not await self._say(r, chunk.text, ts):
                         return
                 hold = self.pacer.hold_s()
@@ -304,6 +316,61 @@ class Runner:
             r.meta["tokens"] = r.seq
             if r.meta.get("retries"):
                 metrics.PROVIDER_RETRIES.labels(r.gen.provider).inc(r.meta["retries"])
+            if stream is not None:  # closes the provider's stream now, not when collected
+                await stream.aclose()
+
+    async def _answer(self, r: Running, history: list[ChatMessage]) -> AsyncGenerator[Chunk, None]:
+        """The provider's answer, or a cached one: at temperature 0 when the cache is on
+        (not for a regenerate: its user asks for a fresh answer), or as the last fallback
+        when every provider failed before the first token. A completed answer of the
+        provider asked is stored for the next identical request."""
+        params = StreamParams(temperature=self.settings.temperature)
+        store = self.cache
+        key = None
+        if store is not None and (self.settings.cache_last_fallback or
+                                  (self.settings.cache and params.temperature == 0)):
+            scope = "*" if self.settings.cache_shared else r.gen.user_id
+            key = cache.cache_key(scope=scope, provider=r.gen.provider, model=r.gen.model,
+                                  messages=history, system_prompt=self.settings.system_prompt,
+                                  params=params)
+        if (store is not None and key is not None and self.settings.cache
+                and params.temperature == 0 and not (r.gen.meta or {}).get("regenerates")):
+            hit = await store.get(key)
+            metrics.CACHE_LOOKUPS.labels("answer", "miss" if hit is None else "hit").inc()
+            if hit is not None:
+                r.meta.update(provider=hit.provider, fallback=None, non_streaming=False,
+                              retries=0, errors=[], **_cached("hit", hit))
+                async for chunk in cache.replay(hit, self.settings.cache_tokens_per_s):
+                    yield chunk
+                return
+        texts: list[str] = []
+        try:
+            async for chunk in self.registry.stream(r.gen.provider, r.gen.model, history,
+                                                    params, r.meta):
+                if chunk.text:
+                    texts.append(chunk.text)
+                yield chunk
+        except ProviderFailure:
+            if texts or store is None or key is None or not self.settings.cache_last_fallback:
+                raise
+            hit = await store.get(key)
+            metrics.CACHE_LOOKUPS.labels("last_fallback",
+                                         "miss" if hit is None else "hit").inc()
+            if hit is None:
+                raise
+            self.registry.on_failure(r.gen.provider, "fallback_used")
+            r.meta.update(_cached("last_fallback", hit))
+            log.warning("every provider failed: answered from the cache",
+                        extra={"gen": r.gen.id, "chat": r.chat_id})
+            async for chunk in cache.replay(hit, self.settings.cache_tokens_per_s):
+                yield chunk
+            return
+        text = "".join(texts)
+        if (store is not None and key is not None and text and r.meta.get("fallback") is None
+                and len(text) <= cache.MAX_ANSWER_CHARS and not r.stop_requested):
+            await store.put(key, cache.CachedAnswer(text, r.gen.provider, r.gen.model,
+                                                    r.usage, time.time()))
+            metrics.CACHE_STORES.inc()
 
     async def _think(self, r: Running, reasoning: str, ts: float | None) -> bool:
         """Publish and keep more reasoning; False when the generation must end."""
@@ -417,14 +484,30 @@ class Runner:
         msg = await self._commit_final(r, status, error)
         self.running.pop(r.gen.id, None)
         metrics.ACTIVE_GENERATIONS.dec()
-        metrics.GENERATIONS.labels(status).inc()
+        self._observe_end(r, status)
         if msg is not None:
             await publish_done(self.bus, r.chat_id, r.gen.id, r.seq, status, message_dict(msg),
                                      r.usage, error, lost=r.log if r.log_lost else None)
+        if r.stop_at is not None and status == "stopped":
+            metrics.STOP_LATENCY.observe(time.monotonic() - r.stop_at)
         with contextlib.suppress(BusUnavailable):
             await self.bus.drop_lease(r.gen.id)
-        log.info("generation ended", extra={"gen": r.gen.id, "chat": r.chat_id,
-                                            "status": status, "seq": r.seq})
+        extra = {"gen": r.gen.id, "chat": r.chat_id, "status": status, "seq": r.seq,
+                 "duration_s": round(time.monotonic() - r.started, 3)}
+        if r.meta.get("cached"):
+            extra["cache"] = r.meta["cache"]
+        log.info("generation ended", extra=extra)
+
+    def _observe_end(self, r: Running, status: str) -> None:
+        now = time.monotonic()
+        metrics.GENERATIONS.labels(status).inc()
+        metrics.GENERATION_DURATION.labels(status).observe(now - r.started)
+        if status != "completed" or r.meta.get("cached") or r.first_output_at is None:
+            return
+        tokens = (r.usage or {}).get("output_tokens") or r.chunks
+        if tokens > 1 and now > r.first_output_at:
+            provider = r.meta.get("provider") or r.gen.provider
+            metrics.TOKENS_PER_S.labels(provider).observe(tokens / (now - r.first_output_at))
 
     async def _commit_final(self, r: Running, status: str,
                             error: dict[str, Any] | None) -> Message | None:
@@ -435,10 +518,10 @@ class Runner:
         for attempt in range(8):
             try:
                 async with self._write_lock:
-                    return await self.repo.finish(r.gen.id, status, r.content, r.seq,
-                                                  usage=r.usage, error=error, meta=r.meta,
-                                                  only_if_active=True,
-                                                  reasoning=r.reasoning)
+                    return await self.repo.finish(
+                        r.gen.id, status, r.content, r.seq, usage=r.usage, error=error,
+                        meta=r.meta, only_if_active=True, reasoning=r.reasoning,
+                        message_meta=_message_meta(r.meta))
             except Exception:
                 log.exception("final write failed; retrying",
                               extra={"gen": r.gen.id, "attempt": attempt + 1})
@@ -517,6 +600,19 @@ def _paragraph_break(before: str) -> str:
     if before.endswith("\n\n"):
         return ""
     return "\n" if before.endswith("\n") else "\n\n"
+
+
+def _cached(use: str, hit: cache.CachedAnswer) -> dict[str, Any]:
+    """What a generation's metadata says of an answer from the cache."""
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(hit.stored_at))
+    return {"cached": True, "cache": use, "cached_at": at}
+
+
+def _message_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The answer message's metadata: whether (and how) it came from the cache."""
+    if not meta.get("cached"):
+        return None
+    return {key: meta[key] for key in ("cached", "cache", "cached_at")}
 
 
 def _provider_error(exc: ProviderFailure) -> dict[str, Any]:

@@ -11,9 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import HTTPConnection
 
 from providers import Registry
-from server import lifecycle
+from server import lifecycle, metrics
 from server.auth import Authenticator
 from server.bus.base import Bus, BusUnavailable
+from server.cache import make_cache
 from server.codes import Close
 from server.hub import Hub, Subscriber
 from server.limits import Limits
@@ -77,11 +78,13 @@ class Services:
                     max_active_per_user=settings.max_generations_per_user)
         bus = make_bus(settings)
         registry = Registry.from_settings(settings)
+        registry.on_failure = metrics.provider_failure
         replay = Replay(repo, bus, settings.history_page_size)
         hub = Hub(bus, replay.catch_up)
         runner = Runner(settings, repo, bus, registry)
         await bus.start(hub.on_event, runner.on_stop, on_reconnect=hub.resync_all)
         limits = make_limits(bus)
+        runner.cache = make_cache(settings, bus)
         try:
             auth = Authenticator(settings, repo, limits)
         except ValueError:

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     gemini_api_key: str | None = Field(default=None, validation_alias=_env("GEMINI_API_KEY"))
     gemini_base_url: str | None = Field(default=None, validation_alias=_env("GEMINI_BASE_URL"))
     system_prompt: str | None = None
+    temperature: float | None = Field(default=None, ge=0)  # None: the provider's default
     history_max_chars: int = 48_000
     provider_max_retries: int = 2
     provider_retry_base_s: float = 0.5
@@ -71,6 +72,13 @@ class Settings(BaseSettings):
     openai_reasoning_effort: str | None = None
     gemini_include_thoughts: bool = True
     gemini_thinking_budget: int | None = None  # tokens; 0 off, -1 dynamic; unset: the model's
+    # Response cache (server/cache.py)
+    cache: bool = False
+    cache_last_fallback: bool = False
+    cache_ttl_s: float = Field(default=3600.0, gt=0)
+    cache_max_entries: int = Field(default=1000, ge=1)
+    cache_shared: bool = False  # one user's cached answer may answer another user
+    cache_tokens_per_s: float = Field(default=0.0, ge=0)  # pace of a cached answer (0: at once)
     # Adaptive coalescing: the most an overloaded process holds a delta back (0: never).
     coalesce_max_ms: float = 40.0
 
@@ -83,6 +91,7 @@ class Settings(BaseSettings):
     messages_per_minute: float = 30.0
     max_generations_per_user: int = 3
     max_sockets_per_user: int = 20
+    client_reports_per_minute: float = 30.0  # POST /api/client-errors and client-events
     ws_frames_per_s: float = 20.0
     ws_frame_burst: int = 100
     ws_idle_timeout_s: float = 300.0

@@ -74,6 +74,9 @@ class Message(SQLModel, table=True):
     reasoning_ended_at: datetime | None = None  # the first answer text did (or the end)
     client_msg_id: str | None = Field(default=None, max_length=128)
     created_at: datetime = Field(default_factory=utcnow)
+    # e.g. {"cached": true, "cache": "hit", "cached_at": …} for an answer from the cache
+    meta: dict[str, Any] | None = Field(default=None, sa_column=Column("metadata", JSON,
+                                                                       nullable=True))
 
 
 class Generation(SQLModel, table=True):  # [StreamingSession]
@@ -111,6 +114,7 @@ def message_dict(m: Message) -> dict[str, Any]:
         "usage": m.usage, "reasoning": m.reasoning,
         "reasoning_started_at": iso(m.reasoning_started_at),
         "reasoning_ended_at": iso(m.reasoning_ended_at), "client_msg_id": m.client_msg_id,
+        "metadata": m.meta,
         "created_at": iso(m.created_at), "completed_at": iso(m.completed_at),
     }
 

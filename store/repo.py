@@ -334,10 +334,12 @@ class Repo:
     async def finish(self, gen_id: str, status: str, content: str, seq: int, *,
                      usage: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
                      meta: dict[str, Any] | None = None, only_if_active: bool = False,
-                     reasoning: Reasoning | None = None) -> Message | None:
+                     reasoning: Reasoning | None = None,
+                     message_meta: dict[str, Any] | None = None) -> Message | None:
         """Write the terminal state. With `only_if_active`, do nothing (and return None)
         unless the generation is still active — so two processes cannot both finish it.
-        `reasoning` None leaves the message's reasoning as it is."""
+        `reasoning` None leaves the message's reasoning as it is; `message_meta` becomes the
+        answer message's metadata."""
         now = utcnow()
         async with self.sessions() as s:
             q = update(Generation).where(col(Generation.id) == gen_id)
@@ -365,6 +367,7 @@ class Repo:
             msg.completed_at = now
             if usage is not None:
                 msg.usage = usage
+            msg.meta = message_meta
             s.add(msg)
             await s.commit()
             return msg

@@ -21,6 +21,8 @@ from tests.helpers.server import ServerProcess
 from tests.helpers.threads import run_in_thread
 
 FAST = {"CHATCAST_DEMO_TOKENS_PER_S": "1000", "CHATCAST_DEMO_MAX_TOKENS": "5"}
+#: The fields of the "generation ended" record, beyond ts, level, logger and msg.
+ENDED = {"gen", "chat", "status", "seq", "duration_s"}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -90,6 +92,7 @@ async def test_json_lines_when_not_a_terminal(server: ServerFactory) -> None:
     assert not any("color_message" in r for r in records)
     assert "color_message" not in srv.logs()
     ended = next(r for r in records if r["msg"] == "generation ended")
+    assert ended.keys() - {"ts", "level", "logger", "msg"} == ENDED
     assert ended["gen"] == gen and ended["status"] == "completed"
     assert isinstance(ended["seq"], int) and ended["seq"] >= 1
     assert any(r["logger"] == "uvicorn.error" for r in records)  # uvicorn's own lines too
@@ -114,7 +117,7 @@ async def test_readable_lines_on_a_terminal(tmp_path: Path) -> None:
     assert re.match(r"\d\d:\d\d:\d\d\.\d{3} INFO +chatcast\.runner +generation ended  ", ended)
     # The same fields as the JSON line of that record.
     found = _console_fields(ended)
-    assert found.keys() == {"gen", "chat", "status", "seq"}
+    assert found.keys() == ENDED
     assert found["gen"] == gen and found["status"] == "completed" and found["seq"].isdigit()
     assert any("uvicorn.error" in line and "Uvicorn running on" in line for line in lines)
 
