@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
-from server import commands, metrics
+from server import client_reports, commands, metrics
 from server.errors import BadRequest, ChatcastError
 from server.hub import Subscriber
 from server.protocol import Cursor, describe_validation
@@ -297,6 +297,8 @@ ROUTES = [
     Route("/metrics", metrics_endpoint, include_in_schema=False),
     Route("/api/models", list_models),
     Route("/api/tickets", create_ticket, methods=["POST"]),
+    Route("/api/client-errors", client_reports.post_client_error, methods=["POST"]),
+    Route("/api/client-events", client_reports.post_client_event, methods=["POST"]),
     Route("/api/chats", create_chat, methods=["POST"]),
     Route("/api/chats", list_chats, methods=["GET"]),
     Route("/api/chats/{chat}", get_chat, methods=["GET"]),
