@@ -6,7 +6,7 @@ counted in /metrics. Nothing here changes any chat."""
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -24,6 +24,8 @@ MAX_BODY_BYTES = 8 * 1024
 MAX_DETAIL_CHARS = 2000
 ErrorKind = Literal["render_error", "malformed_frame", "script_error"]
 EventName = Literal["copy", "reconnect", "transport_fallback"]
+for _kind in get_args(ErrorKind):  # counted from 0 (see metrics._init)
+    metrics.CLIENT_ERRORS.labels(_kind)
 ChatId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 

@@ -110,6 +110,46 @@ AUTH_REFUSED = Counter("chatcast_auth_refused_total",
                        registry=REGISTRY)
 
 
+STATUSES = ("completed", "stopped", "error", "interrupted")
+SCENARIOS = ("before_first_token", "mid_stream", "idle_timeout", "wall_clock_limit",
+             "fallback_used")
+ACTIONS = ("send", "stop", "regenerate", "continue", "copy", "reconnect",
+           "transport_fallback")
+LIMITS = ("messages", "generations", "frames", "sockets", "client_reports")
+
+
+def _init() -> None:
+    """Every series whose labels are known up front starts at 0: a series born at 1 has no
+    increase for `rate()`, so the first error of a kind would never show on a dashboard."""
+    for status in STATUSES:
+        GENERATIONS.labels(status)
+        GENERATION_DURATION.labels(status)
+    for action in ACTIONS:
+        USER_ACTIONS.labels(action)
+    for limit in LIMITS:
+        RATE_LIMITED.labels(limit)
+    for use in ("answer", "last_fallback"):
+        for result in ("hit", "miss"):
+            CACHE_LOOKUPS.labels(use, result)
+
+
+def init_providers(providers: list[str]) -> None:
+    """The per-provider series of the configured providers, at 0 (see `_init`)."""
+    for provider in providers:
+        for scenario in SCENARIOS:
+            PROVIDER_FAILURES.labels(provider, scenario)
+        for code in ("provider_error", "provider_unavailable"):
+            PROVIDER_ERRORS.labels(provider, code)
+        PROVIDER_RETRIES.labels(provider)
+        TTFT.labels(provider)
+        TTFA.labels(provider)
+        TOKENS_PER_S.labels(provider)
+    TTFA.labels("cache")
+
+
+_init()
+
+
 def provider_failure(provider: str, scenario: str) -> None:
     PROVIDER_FAILURES.labels(provider, scenario).inc()
 

@@ -79,6 +79,7 @@ class Services:
         bus = make_bus(settings)
         registry = Registry.from_settings(settings)
         registry.on_failure = metrics.provider_failure
+        metrics.init_providers(list(registry.providers))
         replay = Replay(repo, bus, settings.history_page_size)
         hub = Hub(bus, replay.catch_up)
         runner = Runner(settings, repo, bus, registry)

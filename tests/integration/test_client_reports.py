@@ -84,8 +84,8 @@ async def test_bad_reports_are_refused_and_change_nothing(srv: ServerProcess,
     r = await alice.http.post("/api/client-errors", content=b"{not json",
                               headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
-    text = (await alice.http.get("/metrics")).text
-    assert "chatcast_client_errors_total{" not in text
+    for kind in ("render_error", "malformed_frame", "script_error"):
+        assert await sample(alice.http, "chatcast_client_errors_total", kind=kind) == 0
     assert not _records(srv, "client error")
     # Refusals took nothing from the rate limit (5 a minute here).
     for _ in range(5):
