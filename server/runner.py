@@ -24,10 +24,10 @@ from providers import (
     ProviderStreamBroken,
     ProviderUnavailable,
     Registry,
-    StreamParams,
 )
 from providers.history import trim_history
-from server import cache, metrics, protocol
+from server import metrics, protocol
+from server.answers import Answers, message_meta
 from server.bus.base import (
     Bus,
     BusUnavailable,
@@ -95,7 +95,7 @@ class Runner:
         # Orders checkpoints before final writes (a late checkpoint never overwrites them).
         self._write_lock = asyncio.Lock()
         self.pacer = Pacer(settings.coalesce_max_ms / 1000)
-        self.cache: cache.ResponseCache | None = None
+        self.answers = Answers(settings, registry)
 
     # Commands ------------------------------------------------------------------------
 
@@ -282,7 +282,7 @@ class Runner:
                 return
             history = await self._history(r)
             started_at = time.monotonic()
-            stream = self._answer(r, history)
+            stream = self.answers.stream(r.gen, history, r.meta)
             async for chunk in stream:
                 if chunk.usage is not None:
                     r.usage = chunk.usage.as_dict()
@@ -318,59 +318,6 @@ class Runner:
                 metrics.PROVIDER_RETRIES.labels(r.gen.provider).inc(r.meta["retries"])
             if stream is not None:  # closes the provider's stream now, not when collected
                 await stream.aclose()
-
-    async def _answer(self, r: Running, history: list[ChatMessage]) -> AsyncGenerator[Chunk, None]:
-        """The provider's answer, or a cached one: at temperature 0 when the cache is on
-        (not for a regenerate: its user asks for a fresh answer), or as the last fallback
-        when every provider failed before the first token. A completed answer of the
-        provider asked is stored for the next identical request."""
-        params = StreamParams(temperature=self.settings.temperature)
-        store = self.cache
-        key = None
-        if store is not None and (self.settings.cache_last_fallback or
-                                  (self.settings.cache and params.temperature == 0)):
-            scope = "*" if self.settings.cache_shared else r.gen.user_id
-            key = cache.cache_key(scope=scope, provider=r.gen.provider, model=r.gen.model,
-                                  messages=history, system_prompt=self.settings.system_prompt,
-                                  params=params)
-        if (store is not None and key is not None and self.settings.cache
-                and params.temperature == 0 and not (r.gen.meta or {}).get("regenerates")):
-            hit = await store.get(key)
-            metrics.CACHE_LOOKUPS.labels("answer", "miss" if hit is None else "hit").inc()
-            if hit is not None:
-                r.meta.update(provider=hit.provider, fallback=None, non_streaming=False,
-                              retries=0, errors=[], **_cached("hit", hit))
-                async for chunk in cache.replay(hit, self.settings.cache_tokens_per_s):
-                    yield chunk
-                return
-        texts: list[str] = []
-        try:
-            async for chunk in self.registry.stream(r.gen.provider, r.gen.model, history,
-                                                    params, r.meta):
-                if chunk.text:
-                    texts.append(chunk.text)
-                yield chunk
-        except ProviderFailure:
-            if texts or store is None or key is None or not self.settings.cache_last_fallback:
-                raise
-            hit = await store.get(key)
-            metrics.CACHE_LOOKUPS.labels("last_fallback",
-                                         "miss" if hit is None else "hit").inc()
-            if hit is None:
-                raise
-            self.registry.on_failure(r.gen.provider, "fallback_used")
-            r.meta.update(_cached("last_fallback", hit))
-            log.warning("every provider failed: answered from the cache",
-                        extra={"gen": r.gen.id, "chat": r.chat_id})
-            async for chunk in cache.replay(hit, self.settings.cache_tokens_per_s):
-                yield chunk
-            return
-        text = "".join(texts)
-        if (store is not None and key is not None and text and r.meta.get("fallback") is None
-                and len(text) <= cache.MAX_ANSWER_CHARS and not r.stop_requested):
-            await store.put(key, cache.CachedAnswer(text, r.gen.provider, r.gen.model,
-                                                    r.usage, time.time()))
-            metrics.CACHE_STORES.inc()
 
     async def _think(self, r: Running, reasoning: str, ts: float | None) -> bool:
         """Publish and keep more reasoning; False when the generation must end."""
@@ -521,7 +468,7 @@ class Runner:
                     return await self.repo.finish(
                         r.gen.id, status, r.content, r.seq, usage=r.usage, error=error,
                         meta=r.meta, only_if_active=True, reasoning=r.reasoning,
-                        message_meta=_message_meta(r.meta))
+                        message_meta=message_meta(r.meta))
             except Exception:
                 log.exception("final write failed; retrying",
                               extra={"gen": r.gen.id, "attempt": attempt + 1})
@@ -600,19 +547,6 @@ def _paragraph_break(before: str) -> str:
     if before.endswith("\n\n"):
         return ""
     return "\n" if before.endswith("\n") else "\n\n"
-
-
-def _cached(use: str, hit: cache.CachedAnswer) -> dict[str, Any]:
-    """What a generation's metadata says of an answer from the cache."""
-    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(hit.stored_at))
-    return {"cached": True, "cache": use, "cached_at": at}
-
-
-def _message_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """The answer message's metadata: whether (and how) it came from the cache."""
-    if not meta.get("cached"):
-        return None
-    return {key: meta[key] for key in ("cached", "cache", "cached_at")}
 
 
 def _provider_error(exc: ProviderFailure) -> dict[str, Any]:

@@ -85,7 +85,7 @@ class Services:
         runner = Runner(settings, repo, bus, registry)
         await bus.start(hub.on_event, runner.on_stop, on_reconnect=hub.resync_all)
         limits = make_limits(bus)
-        runner.cache = make_cache(settings, bus)
+        runner.answers.store = make_cache(settings, bus)
         try:
             auth = Authenticator(settings, repo, limits)
         except ValueError:
