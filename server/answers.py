@@ -5,8 +5,8 @@ when the settings allow it, the response cache (server/cache.py).
   for a regenerate: its user asks for a fresh answer).
 - With `CHATCAST_CACHE_LAST_FALLBACK`, when every provider failed before the first token, a
   cached answer to the same request is served instead of the error.
-- A completed answer of the provider that was asked is stored for the next identical
-  request (not a fallback's answer, not a stopped or failed one).
+- A completed answer of the provider that was asked is stored, with its reasoning, for the
+  next identical request (not a fallback's answer, not a stopped or failed one).
 
 The generation's metadata says which it was (`cached`, `cache`, `cached_at`) and so does the
 answer message's (`message_meta`).
@@ -62,17 +62,21 @@ class Answers:
                     yield chunk
                 return
         texts: list[str] = []
+        reasonings: list[str] = []
         usage: dict[str, Any] | None = None
         try:
             async for chunk in self.registry.stream(gen.provider, gen.model, history, params,
                                                     meta):
                 if chunk.text:
                     texts.append(chunk.text)
+                if chunk.reasoning:
+                    reasonings.append(chunk.reasoning)
                 if chunk.usage is not None:
                     usage = chunk.usage.as_dict()
                 yield chunk
         except ProviderFailure:
-            if texts or store is None or key is None or not self.settings.cache_last_fallback:
+            if (texts or reasonings or store is None or key is None
+                    or not self.settings.cache_last_fallback):
                 raise
             hit = await store.get(key)
             metrics.CACHE_LOOKUPS.labels("last_fallback", "miss" if hit is None else "hit").inc()
@@ -86,11 +90,11 @@ class Answers:
                 yield chunk
             return
         # Reached only when the provider ended the answer (a stop cancels this generator).
-        text = "".join(texts)
+        text, reasoning = "".join(texts), "".join(reasonings)
         if (store is not None and key is not None and text and meta.get("fallback") is None
-                and len(text) <= MAX_ANSWER_CHARS):
+                and len(text) + len(reasoning) <= MAX_ANSWER_CHARS):
             await store.put(key, CachedAnswer(text, gen.provider, gen.model, usage,
-                                              time.time()))
+                                              time.time(), reasoning))
             metrics.CACHE_STORES.inc()
 
 

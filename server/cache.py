@@ -4,7 +4,8 @@ A request is identical when the provider and model asked, the whole conversation
 system prompt included), the system prompt setting and the parameters are; the key is the
 sha256 of all of them together with the user (unless the cache is shared across users).
 Only completed answers of the provider that was asked are stored (not fallbacks, not
-cached answers). Entries live `ttl_s` and at most `max_entries` are kept (the oldest go).
+cached answers), with their reasoning. Entries live `ttl_s` and at most `max_entries` are
+kept (the oldest go).
 
 `MemoryCache` serves one process; `RedisCache` shares the entries through Redis (keys
 `{prefix}{cache}:<sha256>` and one sorted index, in one hash slot). A cache that cannot be
@@ -44,6 +45,7 @@ class CachedAnswer:
     model: str
     usage: dict[str, Any] | None = None
     stored_at: float = 0.0
+    reasoning: str = ""  # the model's visible thinking before `text`, replayed before it
 
 
 def cache_key(*, scope: str, provider: str, model: str, messages: list[ChatMessage],
@@ -143,7 +145,8 @@ class RedisCache(ResponseCache):
         try:
             data = orjson.loads(raw)
             return CachedAnswer(str(data["text"]), str(data["provider"]), str(data["model"]),
-                                data.get("usage"), float(data.get("stored_at", 0.0)))
+                                data.get("usage"), float(data.get("stored_at", 0.0)),
+                                str(data.get("reasoning") or ""))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
 
@@ -158,19 +161,21 @@ class RedisCache(ResponseCache):
 
 
 async def replay(answer: CachedAnswer, tokens_per_s: float) -> AsyncIterator[Chunk]:
-    """The chunks of a cached answer: at once (`tokens_per_s` 0) or paced like a model,
-    one word at a time; its usage last, as a provider gives it."""
-    text = answer.text
-    if tokens_per_s <= 0:
-        for i in range(0, len(text), PIECE_CHARS):
-            yield Chunk(text=text[i:i + PIECE_CHARS])
-    else:
-        for token in _TOKEN.findall(text):
-            yield Chunk(text=token)
-            await asyncio.sleep(1 / tokens_per_s)
+    """The chunks of a cached answer, its reasoning (if any) first and then its text: at once
+    (`tokens_per_s` 0) or paced like a model, one word at a time; its usage last, as a
+    provider gives it."""
+    for reasoning, content in ((True, answer.reasoning), (False, answer.text)):
+        pieces: list[str] = _TOKEN.findall(content) if tokens_per_s > 0 else \
+            [content[i:i + PIECE_CHARS] for i in range(0, len(content), PIECE_CHARS)]
+        for piece in pieces:
+            yield Chunk(reasoning=piece) if reasoning else Chunk(text=piece)
+            if tokens_per_s > 0:
+                await asyncio.sleep(1 / tokens_per_s)
     if answer.usage:
+        reasoning_tokens = answer.usage.get("reasoning_tokens")
         yield Chunk(usage=Usage(int(answer.usage.get("input_tokens", 0)),
-                                int(answer.usage.get("output_tokens", 0))))
+                                int(answer.usage.get("output_tokens", 0)),
+                                None if reasoning_tokens is None else int(reasoning_tokens)))
 
 
 def make_cache(settings: Any, bus: Any) -> ResponseCache | None:

@@ -134,6 +134,31 @@ async def test_identical_request_at_temperature_0_is_answered_from_the_cache(
         await chat.close()
 
 
+async def test_a_cached_answer_with_reasoning_replays_both_parts(
+        server: ServerFactory, api: FakeServer) -> None:
+    api.default = Reply.thinking(("Let me ", "think."), ANSWER)
+    srv = await server(env=env(api, cache="true", temperature="0"))
+    async for alice in user_of(srv):
+        first = await Chat.open(alice)
+        done = await first.ask("What is the answer?")
+        assert done["message"]["reasoning"] == "Let me think."
+        second = await Chat.open(alice, tabs=2)
+        done = await second.ask("What is the answer?")
+        assert len(api.requests) == 1 and done["message"]["metadata"]["cache"] == "hit"
+        message = done["message"]
+        assert (message["content"], message["reasoning"]) == ("".join(ANSWER), "Let me think.")
+        assert message["reasoning_started_at"] and message["reasoning_ended_at"]
+        for tab in second.tabs:  # both parts streamed, the reasoning first
+            parts = [e.get("part", "text") for e in tab.received
+                     if e["type"] == "delta" and e["gen"] == done["gen"]]
+            assert parts == ["reasoning", "text"]
+            assert tab.assembler(second.chat).reasoning(done["gen"]) == "Let me think."
+        [stored] = [m for m in await alice.messages(second.chat) if m["role"] == "assistant"]
+        assert stored["reasoning"] == "Let me think."
+        for chat in (first, second):
+            await chat.close()
+
+
 async def test_not_at_temperature_0_nothing_is_cached(server: ServerFactory,
                                                       api: FakeServer) -> None:
     srv = await server(env=env(api, cache="true"))  # the provider's default temperature

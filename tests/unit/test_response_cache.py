@@ -99,3 +99,25 @@ async def test_replay_at_once_and_paced() -> None:
     paced = [c async for c in replay(answer("one two  three\nfour"), 10_000)]
     assert [c.text for c in paced if c.text] == ["one", " two", "  three", "\nfour"]
     assert paced[-1].usage is not None and paced[-1].usage.output_tokens == 2
+
+
+async def test_reasoning_is_kept_and_replayed_before_the_text(
+        make: Callable[[float, int], ResponseCache]) -> None:
+    cache = make(60, 10)
+    thought = CachedAnswer("42.", "openai", "m", {"input_tokens": 3, "output_tokens": 9,
+                                                  "reasoning_tokens": 7}, 1.0,
+                           reasoning="Six times seven …")
+    await cache.put("t", thought)
+    got = await cache.get("t")
+    assert got == thought
+    for pace in (0, 10_000):
+        chunks = [c async for c in replay(thought, pace)]
+        parts = [("reasoning", c.reasoning) if c.reasoning else ("text", c.text)
+                 for c in chunks if c.output]
+        assert "".join(p for kind, p in parts if kind == "reasoning") == "Six times seven …"
+        assert "".join(p for kind, p in parts if kind == "text") == "42."
+        kinds = [kind for kind, _ in parts]
+        assert kinds == sorted(kinds)  # every reasoning piece before the first text
+        assert not any(c.reasoning and c.text for c in chunks)
+        usage = chunks[-1].usage
+        assert usage is not None and (usage.output_tokens, usage.reasoning_tokens) == (9, 7)
