@@ -58,6 +58,8 @@ class _Child:
 FRAMES_SENT = _PlainCounter("chatcast_frames_sent", "Frames written to clients, by transport",
                             "transport")
 REGISTRY.register(FRAMES_SENT)
+for _transport in ("ws", "sse", "poll"):  # at 0 from the start: rate() sees the first frames
+    FRAMES_SENT.labels(_transport)
 COALESCED = Counter("chatcast_coalesced_deltas_total",
                     "Deltas merged into an earlier queued delta for a busy client",
                     registry=REGISTRY)
