@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from core.retry import Backoff
 from providers.base import (
     ChatMessage,
     Chunk,
@@ -22,7 +23,7 @@ from providers.base import (
 )
 from providers.demo import DemoProvider
 from providers.history import trim_history
-from providers.resilience import backoff_delay, guarded, scenario
+from providers.resilience import guarded, scenario
 
 __all__ = ["ChatMessage", "Chunk", "Provider", "ProviderError", "ProviderFailure",
            "ProviderStreamBroken", "ProviderUnavailable", "Registry", "RetryPolicy",
@@ -46,6 +47,12 @@ class RetryPolicy:
     max_s: float = 20.0
     idle_timeout_s: float = 60.0
     nonstream_fallback: bool = False
+
+    @property
+    def backoff(self) -> Backoff:
+        """Pauses between retries of one provider: exponential, jittered, the upstream's
+        Retry-After honoured."""
+        return Backoff(self.base_s, self.max_s, jitter=0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +157,8 @@ class Registry:
             for retry in range(self.policy.max_retries + 1 if attempt.streaming else 1):
                 if retry:
                     assert last is not None
-                    await asyncio.sleep(backoff_delay(
-                        retry - 1, base_s=self.policy.base_s, max_s=self.policy.max_s,
-                        retry_after=last.retry_after))
+                    await asyncio.sleep(self.policy.backoff.delay(
+                        retry - 1, retry_after=last.retry_after))
                     meta["retries"] += 1
                 meta.update(provider=attempt.provider, non_streaming=not attempt.streaming,
                             fallback=attempt.provider if attempt.provider != provider else None)

@@ -8,7 +8,6 @@ and no upstream response outlives the stream."""
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -182,12 +181,3 @@ def scenario(failure: ProviderFailure, *, flowed: bool) -> str:
     if flowed or isinstance(failure, ProviderStreamBroken):
         return "mid_stream"
     return "before_first_token"
-
-
-def backoff_delay(attempt: int, *, base_s: float, max_s: float,
-                  retry_after: float | None = None) -> float:
-    """Seconds before retry number `attempt` (0-based): the upstream's Retry-After when it
-    gave one, else exponential backoff with jitter; never more than `max_s`."""
-    if retry_after is not None:
-        return min(max(retry_after, 0.0), max_s)
-    return min(base_s * 2.0**attempt * random.uniform(0.5, 1.0), max_s)

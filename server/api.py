@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
+from core.errors import BadRequest
+from core.protocol import Cursor, describe_validation
+from core.protocol import start as start_event
 from server import client_reports, commands, metrics
-from server.errors import BadRequest, ChatcastError
 from server.hub import Subscriber
-from server.protocol import Cursor, describe_validation
-from server.protocol import start as start_event
+from server.responses import OrjsonResponse
 from server.services import Services, services, user_id
 from server.transports import poll, sse
 from store.models import chat_dict, generation_dict, message_dict
-
-
-class OrjsonResponse(JSONResponse):
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-def error_response(exc: ChatcastError) -> Response:
-    response = OrjsonResponse({"error": exc.body()}, status_code=exc.http_status)
-    retry_after = exc.extra.get("retry_after")
-    if isinstance(retry_after, int | float):
-        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return response
-
 
 M = TypeVar("M", bound=BaseModel)
 Title = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
@@ -226,9 +212,9 @@ async def get_generation(request: Request) -> Response:
     msg = await svc.repo.get_message(gen.message_id)
     content, seq = (msg.content if msg else ""), gen.last_seq
     reasoning = msg.reasoning if msg else ""
-    running = svc.runner.running.get(gen.id)
-    if running is not None:
-        content, seq, reasoning = running.content, running.seq, running.reasoning.text
+    progress = svc.runner.progress(gen.id)
+    if progress is not None:
+        content, seq, reasoning = progress
     out = generation_dict(gen, content)
     out["seq"] = seq
     out["reasoning"] = reasoning

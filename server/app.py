@@ -18,9 +18,11 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
+from core.codes import Code
+from core.errors import ChatcastError
 from server import api
 from server.auth import IdentityMiddleware, origin_allowed
-from server.errors import ChatcastError
+from server.responses import error_response, plain_error
 from server.services import Services
 from server.settings import Settings
 from server.transports.ws import WebSocketFastPath, ws_endpoint
@@ -63,23 +65,21 @@ class CrossSiteGuard:
             request = Request(scope)
             bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
             if not bearer and not origin_allowed(request, self.allowed):
-                body = {"code": "unauthorized", "message": "cross-site request refused",
-                        "retryable": False}
-                await api.OrjsonResponse({"error": body}, status_code=403)(scope, receive, send)
+                refusal = plain_error(Code.UNAUTHORIZED, "cross-site request refused", 403)
+                await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
 async def on_chatcast_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ChatcastError)
-    return api.error_response(exc)
+    return error_response(exc)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = "not_found" if exc.status_code == 404 else "bad_request"
-    body = {"code": code, "message": str(exc.detail), "retryable": False}
-    return api.OrjsonResponse({"error": body}, status_code=exc.status_code)
+    code = Code.NOT_FOUND if exc.status_code == 404 else Code.BAD_REQUEST
+    return plain_error(code, str(exc.detail), exc.status_code)
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:

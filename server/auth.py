@@ -23,9 +23,10 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import ChatcastError, Unauthorized
 from server import metrics
-from server.errors import ChatcastError, Unauthorized
 from server.limits.base import digest
+from server.responses import error_response
 from store.ids import new_id
 
 if TYPE_CHECKING:
@@ -139,8 +140,6 @@ class IdentityMiddleware:
         if scope["type"] != "http" or not (self.anonymous or scope["path"].startswith("/api/")):
             await self.app(scope, receive, send)
             return
-        from server.api import error_response
-
         conn = HTTPConnection(scope)
         auth: Authenticator = scope["state"]["svc"].auth
         ticket_ok = scope["method"] == "GET" and bool(TICKET_PATH.match(scope["path"]))

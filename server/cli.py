@@ -8,16 +8,14 @@ import logging.config
 import sys
 
 import uvicorn
-from uvicorn.supervisors import multiprocess
 
-from server.lifecycle import ChatcastServer
+from core.protocol import MAX_FRAME_BYTES
+from server.asgi_internals import SANSIO_WS, ChatcastServer, describe_write_path, run_workers
 from server.logs import log_config
 from server.settings import Settings
 from store.db import migrate
 
 log = logging.getLogger("chatcast")
-
-MAX_FRAME_BYTES = 64 * 1024
 
 
 def _migrate(settings: Settings) -> None:
@@ -62,7 +60,7 @@ def serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws=SANSIO_WS,
         ws_max_size=MAX_FRAME_BYTES,
         ws_per_message_deflate=settings.ws_compression,
         ws_ping_interval=settings.ws_ping_interval_s,
@@ -71,10 +69,9 @@ def serve(args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
         proxy_headers=True,
     )
+    log.info("websocket write path: %s", describe_write_path(SANSIO_WS))
     if args.workers > 1:
-        # uvicorn's supervisor builds each worker's Server by this module-level name.
-        multiprocess.Server = ChatcastServer  # type: ignore[attr-defined]
-        multiprocess.Multiprocess(config, sockets=[config.bind_socket()]).run()
+        run_workers(config)
     else:
         ChatcastServer(config).run()
 

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from starlette.requests import Request
 from starlette.responses import Response
 
+from core.errors import BadRequest, RateLimited, TooLarge
 from server import metrics
-from server.errors import BadRequest, RateLimited, TooLarge
 from server.logs import redact
 from server.services import Services, services, user_id
 

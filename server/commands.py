@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import RateLimited
+from core.protocol import check_content
 from server import metrics
-from server.errors import RateLimited
-from server.protocol import check_content
 from server.services import Services
 from store.models import message_dict
 from store.repo import Started
@@ -43,7 +43,7 @@ async def send(svc: Services, user: str, chat: str, content: str,
 
 
 async def stop(svc: Services, user: str, gen: str | None, chat: str | None) -> dict[str, Any]:
-    g = await svc.runner.stop(user, gen, chat)
+    g = await svc.runner.request_stop(user, gen, chat)
     metrics.USER_ACTIONS.labels("stop").inc()
     return {"gen": g.id, "status": "stopping" if g.status == "active" else g.status}
 

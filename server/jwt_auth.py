@@ -14,7 +14,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from server.errors import Unauthorized
+from core.errors import Unauthorized
 from server.settings import Settings
 
 LEEWAY_S = 5.0  # clock skew allowed on exp / nbf / iat

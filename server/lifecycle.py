@@ -1,14 +1,11 @@
 """Graceful shutdown. uvicorn closes WebSockets with 1012 and waits for endless SSE
 responses; chatcast first tells its own clients 1001 ("going away: reconnect at once") and
 ends SSE streams, then lets uvicorn stop. Running generations get the grace period in the
-app's lifespan shutdown (Runner.close)."""
+app's lifespan shutdown (Runner.close). The hook into uvicorn is in `asgi_internals.py`."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Awaitable, Callable
-
-import uvicorn
 
 ShutdownHook = Callable[[], Awaitable[None]]
 
@@ -25,8 +22,7 @@ def forget(hook: ShutdownHook) -> None:
         _hooks.remove(hook)
 
 
-class ChatcastServer(uvicorn.Server):
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for hook in list(_hooks):
-            await hook()
-        await super().shutdown(sockets)
+async def run_shutdown_hooks() -> None:
+    """Called by the server (`asgi_internals.ChatcastServer`) as its shutdown begins."""
+    for hook in list(_hooks):
+        await hook()

@@ -6,19 +6,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Container
 
-from server import protocol
-from server.bus.base import Bus, BusUnavailable, publish_done
+from server.bus.base import BusUnavailable, GenerationLog, Leases
+from server.ending import publish_done
+from server.replay import text_so_far
 from store.ids import utcnow
 from store.models import Generation, Reasoning, message_dict
 from store.repo import Repo
 
-log = logging.getLogger("chatcast.runner")
+log = logging.getLogger("chatcast.reaper")
 
 
 class Reaper:
-    def __init__(self, repo: Repo, bus: Bus, local: Container[str]) -> None:
+    def __init__(self, repo: Repo, logs: GenerationLog, leases: Leases,
+                 local: Container[str]) -> None:
         self.repo = repo
-        self.bus = bus
+        self.logs = logs
+        self.leases = leases
         self.local = local  # generations this process runs itself
         self._missing: set[str] = set()  # gens whose lease was missing at the last check
 
@@ -31,7 +34,7 @@ class Reaper:
             if gen.id in self.local:
                 continue
             try:
-                if await self.bus.lease_owner(gen.id) is not None:
+                if await self.leases.lease_owner(gen.id) is not None:
                     continue
             except BusUnavailable:
                 return reaped  # cannot tell now; nothing is reaped while the bus is down
@@ -39,7 +42,7 @@ class Reaper:
                 self._missing.add(gen.id)  # confirm on the next sweep
                 continue
             try:
-                await self.bus.seal(gen.id)  # a living owner cannot add text after this
+                await self.logs.seal(gen.id)  # a living owner cannot add text after this
             except BusUnavailable:
                 return reaped
             content, reasoning, seq = await self._recover_text(gen)
@@ -51,7 +54,7 @@ class Reaper:
             reaped += 1
             log.warning("generation interrupted: its owner is gone",
                         extra={"gen": gen.id, "chat": gen.chat_id, "owner": gen.owner})
-            await publish_done(self.bus, gen.chat_id, gen.id, seq, "interrupted",
+            await publish_done(self.logs, gen.chat_id, gen.id, seq, "interrupted",
                                message_dict(final), None, None)
         return reaped
 
@@ -65,21 +68,16 @@ class Reaper:
                 return "", Reasoning(), gen.last_seq
             return msg.content, _ended(Reasoning.of(msg)), gen.last_seq
         checkpoint, msg = active
-        content, reasoning, seq = msg.content, Reasoning.of(msg), checkpoint.last_seq
+        reasoning = Reasoning.of(msg)
         try:
-            tail = await self.bus.read_log(gen.id, seq) or []
+            so_far = await text_so_far(self.logs, gen.id, msg.content, reasoning.text,
+                                       checkpoint.last_seq)
         except BusUnavailable:
-            tail = []
-        for event in tail:
-            if event.type == "delta" and event.seq == seq + 1:
-                part, text = protocol.delta_part(event)
-                if part == protocol.REASONING:
-                    reasoning.text += text
-                    reasoning.started_at = reasoning.started_at or gen.started_at
-                else:
-                    content += text
-                seq = event.seq
-        return content, _ended(reasoning), seq
+            return msg.content, _ended(reasoning), checkpoint.last_seq
+        reasoning.text = so_far.reasoning
+        if so_far.reasoning_in_log:
+            reasoning.started_at = reasoning.started_at or gen.started_at
+        return so_far.content, _ended(reasoning), so_far.seq
 
 
 def _ended(reasoning: Reasoning) -> Reasoning:

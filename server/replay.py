@@ -7,22 +7,22 @@ be served (unknown generation, expired log, another chat's generation) yields a 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from server import protocol
-from server.bus.base import Bus
-from server.protocol import Cursor, Event
+from core import protocol
+from core.protocol import Cursor, Event
+from server.bus.base import GenerationLog
+from server.positions import NO_GENERATION, resume_point
 from store.ids import iso
 from store.models import Generation, Message, message_dict
 from store.repo import Repo
 
-NO_GENERATION = "-"  # cursor.gen of a client whose snapshot showed no generation yet
-
 
 class Replay:
-    def __init__(self, repo: Repo, bus: Bus, page_size: int = 50) -> None:
+    def __init__(self, repo: Repo, logs: GenerationLog, page_size: int = 50) -> None:
         self.repo = repo
-        self.bus = bus
+        self.logs = logs
         self.page_size = page_size
 
     async def catch_up(self, chat: str, cursor: Cursor | None) -> list[Event]:
@@ -34,7 +34,7 @@ class Replay:
         gen = await self.repo.generation(cursor.gen)
         if gen is None or gen.chat_id != chat:
             return [await self.snapshot(chat)]
-        tail = await self.bus.read_log(gen.id, cursor.seq)
+        tail = await self.logs.read_log(gen.id, cursor.seq)
         if tail is None:
             return [await self.snapshot(chat)]
         if gen.status == "active":
@@ -53,13 +53,11 @@ class Replay:
         messages, has_more = await self.repo.messages_page(chat, limit=self.page_size)
         active = await self.repo.active_with_message(chat)
         active_state = await self._active_state(*active) if active else None
-        if active_state is not None:
-            cursor: dict[str, Any] | None = {"gen": active_state["gen"],
-                                             "seq": active_state["seq"]}
-        else:
-            latest = await self.repo.latest_generation(chat)
-            cursor = ({"gen": latest.id, "seq": latest.last_seq + 1} if latest
-                      else {"gen": NO_GENERATION, "seq": 0})
+        active_at = (active_state["gen"], active_state["seq"]) if active_state else None
+        latest = await self.repo.latest_generation(chat) if active_state is None else None
+        # After the latest generation's done (its seq is the last text seq + 1).
+        latest_at = (latest.id, latest.last_seq + 1) if latest else None
+        cursor = resume_point(active_at, latest_at)
         event = protocol.snapshot(chat, [message_dict(m) for m in messages], active_state)
         event.data["has_more"] = has_more
         event.data["cursor"] = cursor
@@ -69,19 +67,40 @@ class Replay:
         """The active answer so far: SQL checkpoint plus the log after it. Reasoning times
         come with the checkpoints (about a second behind): reasoning that began since the
         last one is dated by the generation's start, an end not yet checkpointed is null."""
-        content, reasoning, seq = msg.content, msg.reasoning, gen.last_seq
+        so_far = await text_so_far(self.logs, gen.id, msg.content, msg.reasoning, gen.last_seq)
         started, ended = msg.reasoning_started_at, msg.reasoning_ended_at
-        tail = await self.bus.read_log(gen.id, seq) or []
-        for ev in tail:
-            if ev.type == "delta":
-                part, text = protocol.delta_part(ev)
-                if part == protocol.REASONING:
-                    reasoning += text
-                    started = started or gen.started_at
-                else:
-                    content += text
-                seq = ev.seq
-        return {"gen": gen.id, "message": gen.message_id, "seq": seq, "content": content,
-                "reasoning": reasoning, "reasoning_started_at": iso(started),
-                "reasoning_ended_at": iso(ended), "provider": gen.provider,
-                "model": gen.model}
+        if so_far.reasoning_in_log:
+            started = started or gen.started_at
+        return {"gen": gen.id, "message": gen.message_id, "seq": so_far.seq,
+                "content": so_far.content, "reasoning": so_far.reasoning,
+                "reasoning_started_at": iso(started), "reasoning_ended_at": iso(ended),
+                "provider": gen.provider, "model": gen.model}
+
+
+@dataclass(slots=True)
+class TextSoFar:
+    """A generation's answer so far, and the seq it reached."""
+
+    content: str
+    reasoning: str
+    seq: int
+    reasoning_in_log: bool = False  # the log added reasoning the checkpoint did not have
+
+
+async def text_so_far(logs: GenerationLog, gen: str, content: str, reasoning: str,
+                      checkpoint_seq: int) -> TextSoFar:
+    """A generation's text and reasoning: the SQL checkpoint (up to `checkpoint_seq`) plus
+    the deltas of its log that continue it without a hole. What follows a hole cannot be
+    placed, so it is left out; a log that is unknown adds nothing."""
+    so_far = TextSoFar(content, reasoning, checkpoint_seq)
+    for event in await logs.read_log(gen, checkpoint_seq) or ():
+        if event.type != "delta" or event.seq != so_far.seq + 1:
+            break
+        part, text = protocol.delta_part(event)
+        if part == protocol.REASONING:
+            so_far.reasoning += text
+            so_far.reasoning_in_log = True
+        else:
+            so_far.content += text
+        so_far.seq = event.seq
+    return so_far

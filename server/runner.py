@@ -3,7 +3,7 @@ to the bus, checkpoints partial text to SQL, and ends each with exactly one term
 It is the only writer of assistant message content.
 
 A generation belongs to this process, not to the socket that asked for it: closing every
-tab does not stop it; only `stop` (from any process, through the bus) does.
+tab does not stop it; only a stop request (from any process, through the bus) does.
 """
 
 from __future__ import annotations
@@ -14,8 +14,13 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
+from core import protocol
+from core.codes import Code
+from core.errors import NotFound
+from core.retry import Backoff, retry
 from providers import (
     ChatMessage,
     Chunk,
@@ -26,18 +31,10 @@ from providers import (
     Registry,
 )
 from providers.history import trim_history
-from server import metrics, protocol
+from server import metrics
 from server.answers import Answers, message_meta
-from server.bus.base import (
-    Bus,
-    BusUnavailable,
-    LogEntry,
-    LogSealed,
-    log_entry,
-    publish_done,
-)
-from server.codes import Code
-from server.errors import NotFound
+from server.bus.base import Bus, BusUnavailable, LogEntry, LogSealed, log_entry
+from server.ending import publish_done
 from server.pacing import Pacer
 from server.reaper import Reaper
 from server.settings import Settings
@@ -46,6 +43,44 @@ from store.models import Generation, Message, Reasoning, message_dict
 from store.repo import Checkpoint, Repo, Started
 
 log = logging.getLogger("chatcast.runner")
+
+
+class State(IntEnum):
+    """Where a generation this process runs is in its life. Ordered: a reason to end that
+    comes later outranks an earlier, weaker one (a stop during shutdown ends `stopped`),
+    never the other way round; once the final write has begun nothing changes it."""
+
+    STREAMING = 0        # the pump runs
+    TIMED_OUT = 1        # the wall-clock limit passed: ends `error`
+    SHUTTING_DOWN = 2    # this process is stopping: ends `interrupted`
+    STOPPING = 3         # a stop was requested: ends `stopped`
+    ENDED_ELSEWHERE = 4  # another process took it for dead and sealed its log: `interrupted`
+    FINISHING = 5        # the final write has begun: no more checkpoints
+
+    @property
+    def status(self) -> str:
+        """The terminal status this state ends in (when no error decided it)."""
+        return _STATUS[self]
+
+
+_STATUS = {State.STREAMING: "completed", State.TIMED_OUT: "error",
+           State.SHUTTING_DOWN: "interrupted", State.STOPPING: "stopped",
+           State.ENDED_ELSEWHERE: "interrupted", State.FINISHING: "completed"}
+
+TIME_LIMIT_ERROR = {"code": str(Code.PROVIDER_UNAVAILABLE),
+                    "message": "the answer took longer than the time limit"}
+#: The final SQL write is retried after 0.2 s, doubling to 5 s, 8 tries in all.
+FINAL_WRITE_BACKOFF = Backoff(base_s=0.2, max_s=5.0)
+FINAL_WRITE_ATTEMPTS = 8
+
+
+@dataclass(slots=True)
+class LogCopy:
+    """What this process appended to a generation's log (start + deltas), to write the log
+    again if the bus lost it."""
+
+    entries: list[LogEntry] = field(default_factory=list)
+    lost: bool = False  # the bus lost the log: write `entries` again before the next append
 
 
 @dataclass(slots=True)
@@ -58,27 +93,28 @@ class Running:
     content: str
     reasoning: Reasoning = field(default_factory=Reasoning)
     seq: int = 0
-    stop_requested: bool = False
+    state: State = State.STREAMING
     pump: asyncio.Task[None] | None = None
     usage: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    # Everything appended so far (start + deltas), to write the log again if the bus lost it.
-    log: list[LogEntry] = field(default_factory=list)  # what was appended, for restores
-    log_lost: bool = False
-    sealed: bool = False  # another process ended it (it took this one for dead)
+    log: LogCopy = field(default_factory=LogCopy)
     checkpointed: int = 0  # the seq the last SQL checkpoint reached
-    finishing: bool = False  # the final write has begun: no more checkpoints
-    # The pump is inside a bus call: a cancellation now would leave unknown whether the bus
-    # took the event, so it waits (`halt_pending`) until the call returns.
+    # Where the pump is, not a state of the generation: inside a bus call, whose outcome a
+    # cancellation would leave unknown, so a halt then takes effect when the call returns.
     in_bus_call: bool = False
-    halt_pending: bool = False
-    shutting_down: bool = False  # the process is stopping: the answer ends `interrupted`
     answered: bool = False  # this generation has sent answer text
     thought: bool = False  # this generation has sent reasoning
     started: float = field(default_factory=time.monotonic)
     first_output_at: float | None = None  # the first text or reasoning
     stop_at: float | None = None  # when the stop reached this process
     chunks: int = 0  # output chunks from the provider (tokens, when it reports no usage)
+
+    def advance(self, state: State) -> bool:
+        """Move to `state` if it outranks the current one; whether it did."""
+        if state <= self.state:
+            return False
+        self.state = state
+        return True
 
 
 class Runner:
@@ -90,7 +126,7 @@ class Runner:
         self.running: dict[str, Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._starts: set[asyncio.Future[Started]] = set()
-        self.reaper = Reaper(repo, bus, self.running)
+        self.reaper = Reaper(repo, bus, bus, self.running)
         self._checkpoints: asyncio.Task[None] | None = None
         # Orders checkpoints before final writes (a late checkpoint never overwrites them).
         self._write_lock = asyncio.Lock()
@@ -147,8 +183,10 @@ class Runner:
         await self._launch(started)
         return started
 
-    async def stop(self, user_id: str, gen_id: str | None, chat_id: str | None) -> Generation:
-        """Stop a generation for everyone. Idempotent: a finished one is returned as is.
+    async def request_stop(self, user_id: str, gen_id: str | None,
+                           chat_id: str | None) -> Generation:
+        """Ask the owner of a generation (by id, or the chat's active one) to stop it, for
+        everyone. Idempotent: a finished one is returned as is.
 
         A generation this process runs for this user is stopped at once, without a SQL read
         first (under load the read can wait behind checkpoints for a second or more, and the
@@ -178,25 +216,31 @@ class Runner:
             r = next((r for r in self.running.values() if r.chat_id == chat_id), None)
         return r if r is not None and r.gen.user_id == user_id else None
 
-    def on_stop(self, gen_id: str) -> None:
-        """Bus callback: a stop was requested for `gen_id` (maybe by another process)."""
+    def progress(self, gen_id: str) -> tuple[str, int, str] | None:
+        """(text so far, seq, reasoning so far) of a generation this process runs, else
+        None."""
+        r = self.running.get(gen_id)
+        return (r.content, r.seq, r.reasoning.text) if r is not None else None
+
+    def on_stop_requested(self, gen_id: str) -> None:
+        """Bus callback: a stop was requested for `gen_id` (maybe by another process); if
+        this process runs it, it ends `stopped`."""
         running = self.running.get(gen_id)
-        if running is not None and not running.stop_requested:
-            running.stop_requested = True
+        if running is not None and running.state < State.STOPPING:
             running.stop_at = time.monotonic()
-            self._halt(running)
+            self._halt(running, State.STOPPING)
 
     @staticmethod
-    def _halt(r: Running) -> None:
-        """End the pump at the next safe point. The pump is cancelled only while it waits on
-        the provider (or the pacer): a stop, the time limit or shutdown that arrives during a
-        bus call takes effect when that call returns, so the runner always knows whether the
-        bus took the event, and its seq, content and log match what the tabs were sent."""
-        if r.pump is None or r.pump.done():
+    def _halt(r: Running, reason: State) -> None:
+        """End the pump at the next safe point, for `reason` (unless it is ending for a
+        stronger one already). The pump is cancelled only while it waits on the provider
+        (or the pacer): a stop, the time limit or shutdown that arrives during a bus call
+        takes effect when that call returns (the pump checks its state then), so the runner
+        always knows whether the bus took the event, and its seq, content and log match
+        what the tabs were sent."""
+        if not r.advance(reason):
             return
-        if r.in_bus_call:
-            r.halt_pending = True
-        else:
+        if r.pump is not None and not r.pump.done() and not r.in_bus_call:
             r.pump.cancel()
 
     # The generation itself -----------------------------------------------------------
@@ -233,52 +277,49 @@ class Runner:
                                               "provider": r.gen.provider, "model": r.gen.model})
 
     async def _run(self, r: Running, begun: asyncio.Future[None]) -> None:
-        """Drive the pump under the wall-clock limit and always end with one terminal state."""
-        status, error = "completed", None
+        """Drive the pump under the wall-clock limit and always end with one terminal state:
+        an error's, else the one the generation's state ends in."""
+        error: dict[str, Any] | None = None
         metrics.ACTIVE_GENERATIONS.inc()
         r.pump = asyncio.create_task(self._pump(r, begun), name=f"pump-{r.gen.id}")
         try:
             async with asyncio.timeout(self.settings.generation_timeout_s):
-                # Shielded: the time limit ends the wait here, and the pump is then halted
-                # at a safe point (`_halt`) rather than cancelled wherever it happens to be.
+                # Shielded, so that neither the time limit nor a cancellation of this task
+                # cancels the pump wherever it happens to be (inside a bus call, the outcome
+                # would be unknown): they end this wait, and the pump is halted at a safe
+                # point (`_halt`).
                 await asyncio.shield(r.pump)
         except TimeoutError:
-            status, error = "error", {"code": str(Code.PROVIDER_UNAVAILABLE),
-                                      "message": "the answer took longer than the time limit"}
+            error = TIME_LIMIT_ERROR
             metrics.PROVIDER_FAILURES.labels(r.gen.provider, "wall_clock_limit").inc()
+            self._halt(r, State.TIMED_OUT)
         except asyncio.CancelledError:
-            # The pump was cancelled before it ran its own handler (a stop that came first).
-            status = "stopped" if r.stop_requested else "interrupted"
+            # The pump was cancelled before it ran its own handler (a stop that came first:
+            # its state says so), or this task was cancelled (shutdown).
+            self._halt(r, State.SHUTTING_DOWN)
         except ProviderFailure as exc:
-            status, error = "error", _provider_error(exc)
+            error = _provider_error(exc)
             metrics.PROVIDER_ERRORS.labels(r.gen.provider, error["code"]).inc()
             log.warning("provider failed", extra={"gen": r.gen.id, "chat": r.chat_id,
                                                   "error": exc.message, "status": exc.status})
         except Exception:
             log.exception("generation failed", extra={"gen": r.gen.id, "chat": r.chat_id})
-            status, error = "error", {"code": str(Code.INTERNAL), "message": "internal error"}
-        else:
-            if r.sealed:
-                status = "interrupted"  # another process took it for dead and ended it
-            elif r.stop_requested:
-                status = "stopped"
-            elif r.shutting_down:
-                status = "interrupted"
+            error = {"code": str(Code.INTERNAL), "message": "internal error"}
         finally:
-            if not r.pump.done():
-                self._halt(r)
+            if not r.pump.done():  # halted above: it ends at its next safe point
                 await asyncio.gather(r.pump, return_exceptions=True)
             if not begun.done():
                 begun.set_result(None)
-            await self._finish(r, status, error)
+            await self._finish(r, "error" if error is not None else r.state.status, error)
 
     async def _pump(self, r: Running, begun: asyncio.Future[None]) -> None:
-        """Provider → bus. Halted by `stop` (the provider closes its connection)."""
+        """Provider → bus, while the generation is streaming. Halted (see `_halt`) by a stop
+        request, the time limit or shutdown; the provider's stream is closed then."""
         stream: AsyncGenerator[Chunk, None] | None = None
         try:
             await self._begin(r)
             begun.set_result(None)
-            if r.stop_requested or r.halt_pending:
+            if r.state is not State.STREAMING:
                 return
             history = await self._history(r)
             started_at = time.monotonic()
@@ -310,8 +351,8 @@ class Runner:
                 if hold:  # overloaded: let the next chunks gather into one delta
                     await asyncio.sleep(hold)
         except asyncio.CancelledError:
-            if not (r.stop_requested or r.shutting_down):
-                raise
+            if r.state is State.STREAMING:
+                raise  # not a halt
         finally:
             r.meta["tokens"] = r.seq
             if r.meta.get("retries"):
@@ -333,7 +374,7 @@ class Runner:
             r.reasoning.started_at = utcnow()
         if not r.answered:
             r.reasoning.ended_at = None  # (a continue reopens it)
-        return not (r.stop_requested or r.halt_pending)
+        return r.state is State.STREAMING
 
     async def _say(self, r: Running, text: str, ts: float | None) -> bool:
         """Publish and keep more answer text; False when the generation must end. The first
@@ -346,45 +387,44 @@ class Runner:
             r.reasoning.ended_at = utcnow()
         r.answered = True
         r.content += text
-        return not (r.stop_requested or r.halt_pending)
+        return r.state is State.STREAMING
 
     async def _publish(self, r: Running, event: protocol.Event) -> bool:
         """Append one delta at the next seq. False if it was not shown (another process
-        ended the generation); a stop requested meanwhile is passed on."""
+        ended the generation); a stop requested meanwhile moves the state."""
         try:
-            stop = await self._append(r, event)
+            stop_requested = await self._append(r, event)
         except LogSealed:  # another process ended it: this chunk was never shown
-            r.log.pop()
-            r.sealed = True
-            self.on_stop(r.gen.id)
+            r.log.entries.pop()
+            self._halt(r, State.ENDED_ELSEWHERE)
             return False
         r.seq += 1
-        if stop:
-            self.on_stop(r.gen.id)
+        if stop_requested:  # the bus saw the request before its message arrived
+            self._halt(r, State.STOPPING)
         return True
 
     async def _append(self, r: Running, event: protocol.Event) -> bool:
-        """Append to the bus; returns True if a stop was requested. While the bus is down
+        """Append to the bus; returns whether a stop was requested. While the bus is down
         the generation goes on (text is kept here and checkpointed to SQL); when the bus is
         back, the whole log is written again before anything new is published.
 
         Not interrupted by a halt (see `_halt`): when it returns, the caller knows whether
         the bus took the event."""
-        r.log.append(log_entry(event))
+        r.log.entries.append(log_entry(event))
         r.in_bus_call = True
         try:
-            if r.log_lost:
-                await self.bus.restore_log(r.gen.id, r.log[:-1])
-                r.log_lost = False
+            if r.log.lost:
+                await self.bus.restore_log(r.gen.id, r.log.entries[:-1])
+                r.log.lost = False
                 log.warning("bus back: generation log restored",
                             extra={"gen": r.gen.id, "chat": r.chat_id, "seq": r.seq})
             return await self.bus.append(event)
         except BusUnavailable as exc:
-            if not r.log_lost:
+            if not r.log.lost:
                 log.warning("bus unavailable: streaming on, log to be restored",
                             extra={"gen": r.gen.id, "chat": r.chat_id, "seq": r.seq,
                                    "reason": exc.message})
-            r.log_lost = True
+            r.log.lost = True
             return False
         finally:
             r.in_bus_call = False
@@ -397,7 +437,7 @@ class Runner:
             await asyncio.sleep(self.settings.checkpoint_interval_s)
             async with self._write_lock:
                 due = [r for r in self.running.values()
-                       if not r.finishing and r.seq > r.checkpointed]
+                       if r.state is not State.FINISHING and r.seq > r.checkpointed]
                 items = [Checkpoint(r.gen.id, r.message_id, r.content, r.seq,
                                     Reasoning(r.reasoning.text, r.reasoning.started_at,
                                               r.reasoning.ended_at)) for r in due]
@@ -434,7 +474,7 @@ class Runner:
         self._observe_end(r, status)
         if msg is not None:
             await publish_done(self.bus, r.chat_id, r.gen.id, r.seq, status, message_dict(msg),
-                                     r.usage, error, lost=r.log if r.log_lost else None)
+                               r.usage, error, lost=r.log.entries if r.log.lost else None)
         if r.stop_at is not None and status == "stopped":
             metrics.STOP_LATENCY.observe(time.monotonic() - r.stop_at)
         with contextlib.suppress(BusUnavailable):
@@ -458,24 +498,29 @@ class Runner:
 
     async def _commit_final(self, r: Running, status: str,
                             error: dict[str, Any] | None) -> Message | None:
-        r.finishing = True
+        """The final content, status and usage to SQL (retried), if another process has not
+        ended the generation; the message as written, or None."""
+        r.state = State.FINISHING
         if r.reasoning.started_at is not None and r.reasoning.ended_at is None:
             r.reasoning.ended_at = utcnow()  # it never got to its answer
-        delay = 0.2
-        for attempt in range(8):
-            try:
-                async with self._write_lock:
-                    return await self.repo.finish(
-                        r.gen.id, status, r.content, r.seq, usage=r.usage, error=error,
-                        meta=r.meta, only_if_active=True, reasoning=r.reasoning,
-                        message_meta=message_meta(r.meta))
-            except Exception:
-                log.exception("final write failed; retrying",
-                              extra={"gen": r.gen.id, "attempt": attempt + 1})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        log.error("final content could not be written", extra={"gen": r.gen.id})
-        return None
+
+        async def write() -> Message | None:
+            async with self._write_lock:
+                return await self.repo.finish(
+                    r.gen.id, status, r.content, r.seq, usage=r.usage, error=error,
+                    meta=r.meta, only_if_active=True, reasoning=r.reasoning,
+                    message_meta=message_meta(r.meta))
+
+        def retrying(attempt: int, exc: BaseException, pause: float) -> None:
+            log.error("final write failed; retrying", exc_info=exc,
+                      extra={"gen": r.gen.id, "attempt": attempt})
+
+        try:
+            return await retry(write, retry_on=Exception, backoff=FINAL_WRITE_BACKOFF,
+                               attempts=FINAL_WRITE_ATTEMPTS, on_retry=retrying)
+        except Exception:
+            log.exception("final content could not be written", extra={"gen": r.gen.id})
+            return None
 
     # Leases and orphans --------------------------------------------------------------
 
@@ -508,8 +553,7 @@ class Runner:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
         for r in list(self.running.values()):
-            r.shutting_down = True
-            self._halt(r)
+            self._halt(r, State.SHUTTING_DOWN)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=finish_s)
         for task in list(self._tasks):

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import HTTPConnection
 
+from core.codes import Close
 from providers import Registry
 from server import lifecycle, metrics
 from server.auth import Authenticator
 from server.bus.base import Bus, BusUnavailable
 from server.cache import make_cache
-from server.codes import Close
 from server.hub import Hub, Subscriber
 from server.limits import Limits
 from server.replay import Replay
@@ -27,25 +27,30 @@ from store.repo import Repo
 log = logging.getLogger("chatcast")
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def make_bus(settings: Settings) -> Bus:
     url = settings.bus_url
     if url.startswith("memory://"):
         from server.bus.memory import MemoryBus
         return MemoryBus(retention_s=settings.log_retention_s)
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from server.bus.redis import RedisBus  # type: ignore[import-not-found,unused-ignore]
-        bus: Bus = RedisBus(url, retention_s=settings.log_retention_s,
-                            max_connections=settings.redis_max_connections)
-        return bus
+    if url.startswith(REDIS_SCHEMES):
+        from server.bus.redis import RedisBus
+        return RedisBus(url, retention_s=settings.log_retention_s,
+                        max_connections=settings.redis_max_connections)
     raise ValueError(f"unsupported bus URL {url!r}: use memory:// or redis://")
 
 
-def make_limits(bus: Bus) -> Limits:
-    """Limits shared the way the bus is: through Redis (on the bus's connection pool) when
-    the bus is Redis, else in this process."""
-    if bus.__class__.__name__ == "RedisBus":
+def make_limits(settings: Settings, bus: Bus) -> Limits:
+    """Limits shared the way the bus is, chosen by the same URL: through Redis (on the bus's
+    connection pool) when the bus is Redis, else in this process."""
+    if settings.bus_url.startswith(REDIS_SCHEMES):
+        from server.bus.redis import RedisBus
         from server.limits.redis import RedisLimits
-        return RedisLimits(bus.client)  # type: ignore[attr-defined]
+        if not isinstance(bus, RedisBus):
+            raise TypeError(f"a Redis URL needs a RedisBus, got {type(bus).__name__}")
+        return RedisLimits(bus.client)
     from server.limits.memory import MemoryLimits
     return MemoryLimits()
 
@@ -80,11 +85,12 @@ class Services:
         registry = Registry.from_settings(settings)
         registry.on_failure = metrics.provider_failure
         metrics.init_providers(list(registry.providers))
+        # The bus plays every role; each user gets the ones it needs.
         replay = Replay(repo, bus, settings.history_page_size)
         hub = Hub(bus, replay.catch_up)
         runner = Runner(settings, repo, bus, registry)
-        await bus.start(hub.on_event, runner.on_stop, on_reconnect=hub.resync_all)
-        limits = make_limits(bus)
+        await bus.start(hub.on_event, runner.on_stop_requested, on_reconnect=hub.resync_all)
+        limits = make_limits(settings, bus)
         runner.answers.store = make_cache(settings, bus)
         try:
             auth = Authenticator(settings, repo, limits)

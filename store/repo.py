@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from server.errors import BadRequest, Busy, NotFound, TooManyGenerations
+from core.errors import BadRequest, Busy, NotFound, TooManyGenerations
 from store.ids import utcnow
 from store.models import (
     TERMINAL_TO_MESSAGE,

@@ -1,4 +1,4 @@
-"""clients/js/protocol.js mirrors server/codes.py and server/protocol.py: same close codes
+"""clients/js/protocol.js mirrors core/codes.py and core/protocol.py: same close codes
 (with the same reconnect flags), same error codes (HTTP status, retryable), same request
 types. Parsed from the JavaScript source, so no JavaScript runtime is needed."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from server import protocol
-from server.codes import CLOSE_RETRYABLE, CODES, Close, Code
+from core import protocol
+from core.codes import CLOSE_RETRYABLE, CODES, Close, Code
 
 JS = Path(__file__).resolve().parents[1] / "clients" / "js" / "protocol.js"
 

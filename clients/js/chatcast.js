@@ -12,7 +12,7 @@ import { ChatState, verifyContent } from './assembler.js';
 import { reconnectPlan, fullJitter } from './backoff.js';
 import { FrameTooLarge } from './framing.js';
 import { sha256Hex } from './sha256.js';
-import { ChatcastError, httpCommand, PollTransport, SseTransport, toError, WsTransport } from './transports.js';
+import { ChatcastError, httpCommand, httpError, PollTransport, SseTransport, toError, WsTransport } from './transports.js';
 
 export { ChatState, isThinking, thoughtSeconds } from './assembler.js';
 export { ChatcastError } from './transports.js';
@@ -545,8 +545,7 @@ export class ChatcastClient {
     try { data = text ? JSON.parse(text) : null; } catch { data = null; }
     if (!res.ok) {
       if (data && data.error) throw toError(data.error, res.status);
-      throw new ChatcastError(res.status === 404 ? 'not_found' : res.status >= 500 ? 'internal' : 'bad_request',
-        `HTTP ${res.status}`, { status: res.status, retryable: res.status >= 500 || res.status === 429 });
+      throw httpError(res.status);
     }
     return data;
   }

@@ -1,5 +1,5 @@
 /**
- * chatcast wire protocol v1 — constants mirrored from server/protocol.py and server/codes.py.
+ * chatcast wire protocol v1 — constants mirrored from core/protocol.py and core/codes.py.
  * Pure data. tests/test_js_mirror.py checks that this file and the server agree, so keep the
  * one-entry-per-line layout of the frozen tables below.
  * @module chatcast/protocol

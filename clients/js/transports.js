@@ -13,7 +13,7 @@
  * @module chatcast/transports
  */
 
-import { Close } from './protocol.js';
+import { Close, Code } from './protocol.js';
 import { decodeFrame, encodeFrame, SseParser } from './framing.js';
 import { formatCursor } from './cursor.js';
 
@@ -43,6 +43,17 @@ export function toError(err, status = 0) {
   return new ChatcastError(String(e.code || 'internal'), String(e.message || 'request failed'), {
     retryable: !!e.retryable, status, retryAfter: typeof e.retry_after === 'number' ? e.retry_after : null, body: e,
   });
+}
+
+/**
+ * The error of an HTTP answer without a JSON error body (e.g. from a proxy), by its status:
+ * the same mapping wherever the client reads HTTP.
+ * @param {number} status
+ */
+export function httpError(status) {
+  const code = status === 404 ? Code.NOT_FOUND : status === 401 ? Code.UNAUTHORIZED
+    : status === 429 ? Code.RATE_LIMITED : status >= 500 ? Code.INTERNAL : Code.BAD_REQUEST;
+  return new ChatcastError(code, `HTTP ${status}`, { status, retryable: status >= 500 || status === 429 });
 }
 
 const enc = encodeURIComponent;
@@ -300,8 +311,7 @@ class HttpTransport {
     let body = null;
     try { body = await res.json(); } catch { /* not JSON */ }
     if (body && body.error) throw toError(body.error, res.status);
-    const code = res.status === 404 ? 'not_found' : res.status === 401 ? 'unauthorized' : 'internal';
-    throw new ChatcastError(code, `HTTP ${res.status}`, { status: res.status, retryable: res.status >= 500 });
+    throw httpError(res.status);
   }
 }
 

@@ -1,26 +1,26 @@
-"""The Bus role: per-generation event logs, live fan-out per chat, stop requests, leases.
+"""The bus, in four roles a backend implements (memory for one process, Redis for many):
 
-A process calls `start(on_event, on_stop)` once. After that:
-- `append` puts a positioned event (delta or done) into its generation's log *and* fans it
-  out to every process watching the chat; `publish` fans out an unpositioned event.
-- `watch`/`unwatch` say which chats this process has local subscribers for (the Hub
-  reference-counts; the bus sees each chat once).
-- `request_stop` reaches the process that owns the generation, whose `on_stop` is called.
-- leases let another process tell that an owner died.
+- `GenerationLog`: per-generation event logs; `append` puts a positioned event (start,
+  delta, done) into its log *and* fans it out to every process watching the chat.
+- `ChatFanout`: live events per chat (`publish` for unpositioned ones, `watch`/`unwatch`).
+- `StopRequests`: a stop request reaches the process that owns the generation (its
+  `on_stop_requested`).
+- `Leases`: another process can tell that an owner died.
+
+A process calls `Bus.start(on_event, on_stop_requested)` once; each user of the bus is given
+only the roles it needs (the hub the fan-out, replay the log, the reaper the log and the
+leases).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
 
-from server import protocol
-from server.codes import Code
-from server.errors import ChatcastError
-from server.protocol import Event
+from core.codes import Code
+from core.errors import ChatcastError
+from core.protocol import Event
 
 #: One entry of a generation's log as its owner keeps it: (seq, the event's JSON). Plain
 #: bytes, not Event objects: a long answer has thousands, and the garbage collector does not
@@ -32,7 +32,7 @@ def log_entry(event: Event) -> LogEntry:
     return (event.seq, event.encode())
 
 EventHandler = Callable[[Event], None]
-StopHandler = Callable[[str], None]
+StopRequestHandler = Callable[[str], None]
 ReconnectHandler = Callable[[], None]
 
 log = logging.getLogger("chatcast.bus")
@@ -50,39 +50,21 @@ class LogSealed(Exception):
     process. The producer must stop; what it tried to add was not published."""
 
 
-class Bus(ABC):
-    #: Identity of this process, used as lease owner.
-    owner: str
-
-    @abstractmethod
-    async def start(self, on_event: EventHandler, on_stop: StopHandler, *,
-                    on_reconnect: ReconnectHandler | None = None) -> None:
-        """Connect and begin delivering live events and stop requests to the handlers.
-        `on_reconnect` is called when live delivery resumes after an outage (events may
-        have been missed meanwhile: subscribers must catch up from their cursors)."""
-
-    @abstractmethod
-    async def close(self) -> None: ...
-
-    @abstractmethod
-    async def ping(self) -> bool:
-        """True when the backend is reachable (for /readyz)."""
+class GenerationLog(ABC):
+    """Role: each generation's log of positioned events (start at seq 0, deltas, done), the
+    source of every catch-up. Appending also fans the event out to the chat's watchers."""
 
     @abstractmethod
     async def append(self, event: Event) -> bool:
         """Append a start/delta/done to its generation's log and publish it to the chat.
         An event whose seq is not above the log's last is a repeat: ignored. A `done`
-        seals the log. Returns True when a stop was requested; raises LogSealed (nothing
-        appended) when the log is sealed: another process ended the generation."""
+        seals the log. Returns whether a stop was requested for the generation; raises
+        LogSealed (nothing appended) when the log is sealed: another process ended it."""
 
     @abstractmethod
     async def restore_log(self, gen: str, entries: list[LogEntry]) -> None:
         """Write a generation's log again from the owner's copy (start + deltas), after the
         backend lost it (e.g. Redis restarted without persistence). Publishes nothing."""
-
-    @abstractmethod
-    async def publish(self, event: Event) -> None:
-        """Fan out an event that has no log position (message, start)."""
 
     @abstractmethod
     async def read_log(self, gen: str, after_seq: int) -> list[Event] | None:
@@ -99,15 +81,38 @@ class Bus(ABC):
     async def end_log(self, gen: str) -> None:
         """The generation is over: keep its log only for the retention period."""
 
+
+class ChatFanout(ABC):
+    """Role: live events per chat, delivered to every process watching it (`on_event`)."""
+
     @abstractmethod
-    async def watch(self, chat: str) -> None: ...
+    async def publish(self, event: Event) -> None:
+        """Fan out an event that has no log position (message, start)."""
+
+    @abstractmethod
+    async def watch(self, chat: str) -> None:
+        """Deliver the chat's live events to this process from now on (the Hub counts its
+        subscribers; the bus sees each chat once)."""
 
     @abstractmethod
     async def unwatch(self, chat: str) -> None: ...
 
+
+class StopRequests(ABC):
+    """Role: a request to stop a generation reaches the process that owns it, whose bus
+    calls `on_stop_requested`."""
+
     @abstractmethod
     async def request_stop(self, gen: str) -> None:
         """Ask the owner of `gen` to stop it. Idempotent."""
+
+
+class Leases(ABC):
+    """Role: the owner of a generation keeps a lease on it, so another process can tell
+    that the owner died."""
+
+    #: Identity of this process, used as lease owner.
+    owner: str
 
     @abstractmethod
     async def refresh_lease(self, gen: str, ttl_s: float) -> None:
@@ -121,25 +126,20 @@ class Bus(ABC):
     async def drop_lease(self, gen: str) -> None: ...
 
 
-async def publish_done(bus: Bus, chat_id: str, gen_id: str, seq: int, status: str,
-                       msg: dict[str, Any], usage: dict[str, Any] | None,
-                       error: dict[str, Any] | None,
-                       lost: list[LogEntry] | None = None) -> None:
-    """Publish `done` (after the final content is in SQL). If the bus is down, retry for
-    a while; subscribers that miss it resynchronise from SQL when the bus is back."""
-    event = protocol.done(chat_id, gen_id, seq + 1, status, msg, usage=usage, err=error)
-    delay = 0.25
-    for _ in range(12):
-        try:
-            if lost is not None:
-                await bus.restore_log(gen_id, lost)
-                lost = None
-            await bus.append(event)
-            await bus.end_log(gen_id)
-            return
-        except LogSealed:
-            return  # another process published this generation's done
-        except BusUnavailable:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    log.error("done not published: bus unavailable", extra={"gen": gen_id, "chat": chat_id})
+class Bus(GenerationLog, ChatFanout, StopRequests, Leases):
+    """One backend playing every role, connected once per process."""
+
+    @abstractmethod
+    async def start(self, on_event: EventHandler, on_stop_requested: StopRequestHandler, *,
+                    on_reconnect: ReconnectHandler | None = None) -> None:
+        """Connect and begin delivering live events (`on_event`) and stop requests
+        (`on_stop_requested`). `on_reconnect` is called when live delivery resumes after an outage
+        (events may have been missed meanwhile: subscribers must catch up from their
+        cursors)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the backend is reachable (for /readyz)."""

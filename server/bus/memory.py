@@ -6,15 +6,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from core.protocol import Event
 from server.bus.base import (
     Bus,
     EventHandler,
     LogEntry,
     LogSealed,
     ReconnectHandler,
-    StopHandler,
+    StopRequestHandler,
 )
-from server.protocol import Event
 
 
 @dataclass(slots=True)
@@ -35,11 +35,12 @@ class MemoryBus(Bus):
         self._leases: dict[str, float] = {}
         self._watched: set[str] = set()
         self._on_event: EventHandler | None = None
-        self._on_stop: StopHandler | None = None
+        self._on_stop_requested: StopRequestHandler | None = None
 
-    async def start(self, on_event: EventHandler, on_stop: StopHandler, *,
+    async def start(self, on_event: EventHandler, on_stop_requested: StopRequestHandler, *,
                     on_reconnect: ReconnectHandler | None = None) -> None:
-        self._on_event, self._on_stop = on_event, on_stop  # in-process: never disconnects
+        # In-process: never disconnects, so `on_reconnect` is never called.
+        self._on_event, self._on_stop_requested = on_event, on_stop_requested
 
     async def close(self) -> None:
         self._logs.clear()
@@ -92,8 +93,8 @@ class MemoryBus(Bus):
 
     async def request_stop(self, gen: str) -> None:
         self._stops.add(gen)
-        if self._on_stop is not None:
-            self._on_stop(gen)
+        if self._on_stop_requested is not None:
+            self._on_stop_requested(gen)
 
     async def refresh_lease(self, gen: str, ttl_s: float) -> None:
         self._leases[gen] = time.monotonic() + ttl_s

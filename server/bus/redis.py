@@ -35,6 +35,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core.protocol import Event
+from core.retry import Backoff, retry
 from server.bus.base import (
     Bus,
     BusUnavailable,
@@ -42,9 +44,8 @@ from server.bus.base import (
     LogEntry,
     LogSealed,
     ReconnectHandler,
-    StopHandler,
+    StopRequestHandler,
 )
-from server.protocol import Event
 
 log = logging.getLogger("chatcast.bus")
 
@@ -55,28 +56,39 @@ STOP_KEY_TTL_S = 6 * 3600   # a stop request outlives any generation
 ACTIVE_LOG_TTL_S = 24 * 3600  # safety net for logs whose generation nobody ended
 IDLE_PING_S = 5.0           # a silent pub/sub connection is pinged after this long ...
 PONG_TIMEOUT_S = 3.0        # ... and declared dead if nothing comes back in this time
-BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
+# The listener reconnects after 0.1 s, then backs off to a try every 5 s.
+LISTENER_BACKOFF = Backoff(base_s=0.1, max_s=5.0)
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
-# KEYS: log, stop. ARGV: stream id, event JSON, chat channel, safety TTL (ms), must exist.
-# Returns {added, stop_requested}, or {-1, stop_requested} when the log must exist (this
-# process appended to it before) but does not: Redis lost it, and the owner must restore it
-# before anything else goes in. An id not above the stream's last one is a repeat (a retried
-# call): it is neither stored nor published again.
+# What the append script returns first (the second value is whether a stop was requested);
+# the script's returns name them in comments.
+APPENDED = 1     # stored and published
+REPEAT = 0       # an id not above the stream's last one (a retried call): neither stored nor
+                 # published again
+LOG_LOST = -1    # the log must exist (this process appended to it before) but does not:
+                 # Redis lost it, and the owner must restore it before anything else goes in
+SEALED = -2      # the generation was ended elsewhere: nothing is added (stop is reported)
+
+# KEYS: log, stop, sealed. ARGV: stream id, event JSON, chat channel, safety TTL (ms), must
+# exist ('1': this process appended before), is done ('1': a done, which seals the log and
+# is the only event a log sealed 'closed' still takes). Returns {status, stop_requested}
+# with status one of the four above.
 _APPEND = """
 local stopped = redis.call('EXISTS', KEYS[2])
 local sealed = redis.call('GET', KEYS[3])
-if sealed == 'done' or (sealed and ARGV[6] ~= '1') then return {-2, 1} end
-if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {-1, stopped} end
+if sealed == 'done' or (sealed and ARGV[6] ~= '1') then return {-2, 1} end  -- SEALED
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
+  return {-1, stopped}  -- LOG_LOST
+end
 local ok = redis.pcall('XADD', KEYS[1], ARGV[1], 'e', ARGV[2])
 if type(ok) == 'table' and ok.err then
-  if string.find(ok.err, 'equal or smaller', 1, true) then return {0, stopped} end
+  if string.find(ok.err, 'equal or smaller', 1, true) then return {0, stopped} end  -- REPEAT
   return redis.error_reply(ok.err)
 end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if ARGV[6] == '1' then redis.call('SET', KEYS[3], 'done', 'PX', ARGV[4]) end
-return {1, stopped}
+return {1, stopped}  -- APPENDED
 """
 
 # KEYS: lease. ARGV: owner. Delete the lease only if it is still ours.
@@ -126,7 +138,7 @@ class RedisBus(Bus):
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
         self._on_event: EventHandler | None = None
-        self._on_stop: StopHandler | None = None
+        self._on_stop_requested: StopRequestHandler | None = None
         self._on_reconnect: ReconnectHandler | None = None
 
     @property
@@ -137,11 +149,12 @@ class RedisBus(Bus):
 
     # Lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, on_event: EventHandler, on_stop: StopHandler, *,
+    async def start(self, on_event: EventHandler, on_stop_requested: StopRequestHandler, *,
                     on_reconnect: ReconnectHandler | None = None) -> None:
         """Connect (or raise BusUnavailable naming REDIS_URL) and start the listener.
         `on_reconnect` is called after the pub/sub connection was lost and is back."""
-        self._on_event, self._on_stop, self._on_reconnect = on_event, on_stop, on_reconnect
+        self._on_event, self._on_reconnect = on_event, on_reconnect
+        self._on_stop_requested = on_stop_requested
         try:
             await self._redis.ping()
             self._pubsub = await self._open_pubsub()
@@ -184,13 +197,13 @@ class RedisBus(Bus):
         self._batch.append((call, future))
         if len(self._batch) == 1:  # the first of this loop turn: send them all at its end
             asyncio.get_running_loop().call_soon(self._send_batch)
-        added, stopped = await future
+        status, stopped = await future
         self.stats["appends"] += 1
-        if added == -2:
+        if status == SEALED:
             raise LogSealed(f"generation {gen} was ended elsewhere")
-        if added < 0:
+        if status == LOG_LOST:
             raise BusUnavailable(f"Redis lost the log of generation {gen}; restore it")
-        if added == 0:
+        if status == REPEAT:
             self.stats["duplicates"] += 1
         self._open_logs.add(gen)
         return bool(stopped)
@@ -367,26 +380,23 @@ class RedisBus(Bus):
         return pubsub
 
     async def _listen(self) -> None:
-        backoff = BACKOFF_MIN_S
+        """Deliver messages for this process's life: after a lost connection, reconnect
+        with backoff (until it works or the bus closes) and have subscribers resume."""
         while True:
+            if self._pubsub is None:
+                self._pubsub = await retry(self._open_pubsub, retry_on=(*_DOWN, RedisError),
+                                           backoff=LISTENER_BACKOFF, attempts=None,
+                                           on_retry=_still_down)
+                self.stats["reconnects"] += 1
+                log.warning("Redis pub/sub reconnected; %d chats subscribed again",
+                            len(self._watched))
+                self._call_reconnect_hook()
             try:
-                if self._pubsub is None:
-                    self._pubsub = await self._open_pubsub()
-                    self.stats["reconnects"] += 1
-                    log.warning("Redis pub/sub reconnected; %d chats subscribed again",
-                                len(self._watched))
-                    backoff = BACKOFF_MIN_S
-                    self._call_reconnect_hook()
                 await self._read(self._pubsub)
             except (*_DOWN, RedisError) as exc:
-                lost = self._pubsub is not None
                 await self._drop_pubsub(exc)
-                if lost:
-                    log.warning("Redis pub/sub connection lost (%s); reconnecting", exc)
-                else:
-                    log.debug("Redis still unreachable (%s); next try in %.1f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                log.warning("Redis pub/sub connection lost (%s); reconnecting", exc)
+                await asyncio.sleep(LISTENER_BACKOFF.base_s)
 
     async def _read(self, pubsub: PubSub) -> None:
         """Deliver messages until the connection fails. A silent connection is pinged, and
@@ -420,8 +430,8 @@ class RedisBus(Bus):
             elif kind != "message":
                 return
             elif channel == self._stop_channel:
-                if self._on_stop is not None:
-                    self._on_stop(message["data"].decode())
+                if self._on_stop_requested is not None:
+                    self._on_stop_requested(message["data"].decode())
             else:
                 chat = channel[len(self._chat_prefix):].decode()
                 if chat in self._watched and self._on_event is not None:
@@ -452,6 +462,10 @@ class RedisBus(Bus):
         for client in (self._redis, self._sub_redis):
             with contextlib.suppress(*_DOWN):
                 await client.aclose()
+
+
+def _still_down(attempt: int, exc: BaseException, pause: float) -> None:
+    log.debug("Redis still unreachable (%s); next try in %.1f s", exc, pause)
 
 
 def redacted_url(url: str) -> str:

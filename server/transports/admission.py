@@ -12,9 +12,9 @@ import logging
 import orjson
 from starlette.websockets import WebSocket
 
+from core.codes import Close
+from core.errors import ChatcastError, Unauthorized
 from server import metrics
-from server.codes import Close
-from server.errors import ChatcastError, Unauthorized
 from server.services import Services
 
 log = logging.getLogger("chatcast.ws")

@@ -12,10 +12,10 @@ import contextlib
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from server import metrics, protocol
-from server.errors import BadRequest
-from server.protocol import Cursor, Event
-from server.replay import NO_GENERATION
+from core import protocol
+from core.errors import BadRequest
+from core.protocol import Cursor, Event
+from server import metrics, positions
 from server.services import services, user_id
 
 LINGER_S = 0.02  # after the first event, collect what follows at once (e.g. message + start)
@@ -60,16 +60,10 @@ async def poll_endpoint(request: Request) -> JSONResponse:
 
 def _after(events: list[Event], cursor: Cursor | None) -> str:
     """The position after these events, as an opaque string."""
-    gen, seq = (cursor.gen, cursor.seq) if cursor else (NO_GENERATION, 0)
-    for e in events:
-        if e.type == "snapshot":
-            c = e.data["cursor"]
-            gen, seq = c["gen"], c["seq"]
-        elif e.is_positioned:
-            gen, seq = str(e.gen), e.seq
-        elif e.type == "start":
-            gen, seq = str(e.gen), 0
-    return f"{gen}:{seq}"
+    position = (cursor.gen, cursor.seq) if cursor else None
+    for event in events:
+        position = positions.moved(position, event)
+    return positions.encode(position)
 
 
 def _answer(events: list[Event], cursor: str) -> JSONResponse:

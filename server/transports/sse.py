@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+from starlette import types as asgi
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from server import metrics, protocol
+from core import protocol
+from core.protocol import Event
+from server import metrics
 from server.hub import Subscriber
-from server.protocol import Event
 from server.services import Services, services, user_id
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -33,7 +35,24 @@ async def events_endpoint(request: Request) -> StreamingResponse:
     return _stream(svc, sub)
 
 
-def one_shot(svc: Services, sub: Subscriber, first: Event, gen: str) -> StreamingResponse:
+class SubscribedStream(StreamingResponse):
+    """The events of a subscriber already registered in the hub. It leaves the hub when the
+    response ends, however it ends: also when the client went away before the body was
+    iterated at all (the body's own `finally` never runs then)."""
+
+    def __init__(self, svc: Services, sub: Subscriber, body: AsyncIterator[bytes]) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=HEADERS)
+        self.svc, self.sub = svc, sub
+
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive,
+                       send: asgi.Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.svc.hub.drop(self.sub)
+
+
+def one_shot(svc: Services, sub: Subscriber, first: Event, gen: str) -> SubscribedStream:
     """Stream one generation's events (already subscribed from its start), ending at done."""
     return _stream(svc, sub, first=first, until=lambda e: e.type == "done" and e.gen == gen,
                    only=lambda e: e.gen == gen)
@@ -41,7 +60,7 @@ def one_shot(svc: Services, sub: Subscriber, first: Event, gen: str) -> Streamin
 
 def _stream(svc: Services, sub: Subscriber, *, first: Event | None = None,
             until: Callable[[Event], bool] | None = None,
-            only: Callable[[Event], bool] | None = None) -> StreamingResponse:
+            only: Callable[[Event], bool] | None = None) -> SubscribedStream:
     async def body() -> AsyncIterator[bytes]:
         frames = metrics.FRAMES_SENT.labels("sse")
         metrics.CLIENTS.labels("sse").inc()
@@ -67,8 +86,7 @@ def _stream(svc: Services, sub: Subscriber, *, first: Event | None = None,
                 if sub.close_code is not None:
                     return  # server shutting down: the client reconnects elsewhere
         finally:
-            svc.hub.drop(sub)
             metrics.CLIENTS.labels("sse").dec()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=HEADERS)
+    return SubscribedStream(svc, sub, body())
 

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, cast
 
 from starlette import types as asgi
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server import commands, metrics, protocol
-from server.auth import origin_allowed
-from server.codes import Close, Code
-from server.errors import BadRequest, ChatcastError
-from server.hub import Subscriber
-from server.limits import TokenBucket
-from server.protocol import (
+from core import protocol
+from core.codes import Close, Code
+from core.errors import BadRequest, ChatcastError
+from core.protocol import (
     Continue,
-    Event,
     Ping,
     Regenerate,
     Request,
@@ -27,12 +21,18 @@ from server.protocol import (
     Subscribe,
     Unsubscribe,
 )
+from server import commands, metrics
+from server.asgi_internals import frame_writer, release_handshake
+from server.auth import origin_allowed
+from server.hub import Subscriber
+from server.limits import TokenBucket
 from server.services import Services, services
 from server.transports.admission import admit, release, retry_after_reason
 
 log = logging.getLogger("chatcast.ws")
 
 CLOSE_TIMEOUT_S = 5.0
+_count_frame = metrics.FRAMES_SENT.labels("ws").inc  # one bound method for every socket
 
 
 async def ws_endpoint(ws: WebSocket, send: asgi.Send | None = None) -> None:
@@ -52,17 +52,13 @@ async def ws_endpoint(ws: WebSocket, send: asgi.Send | None = None) -> None:
     sub = svc.subscriber("ws")
     svc.hub.attach(sub)
     metrics.CLIENTS.labels("ws").inc()
-    _release_handshake(send)
-    # Starlette caches the parsed headers and cookies on the connection; the handshake was
-    # their only reader. They are parsed again if anything asks.
-    for cached in ("_headers", "_cookies"):
-        vars(ws).pop(cached, None)
+    release_handshake(ws, send)
     try:
         async with asyncio.TaskGroup() as tg:
-            writer = tg.create_task(_write(ws, sub, svc, send))
+            writer = tg.create_task(_write(ws, sub, send))
             sub.on_overflow = writer.cancel  # even a writer blocked on an unread socket
             if send is not None:
-                sub.direct = _direct_writer(send, sub)
+                sub.direct = frame_writer(send, sub, _count_frame)
             closing = await _read_frames(ws, sub, svc, user)
             writer.cancel()
         if closing is not None:  # the writer is gone: nothing else sends on the socket
@@ -101,94 +97,7 @@ class WebSocketFastPath:
             await self.app(scope, receive, send)
 
 
-def _release_handshake(send: asgi.Send | None) -> None:
-    """uvicorn keeps the handshake's request and response (with all their headers, ~4 KiB)
-    for the connection's whole life, though nothing reads them once it is accepted. Drop
-    them when the server is one we know does so; otherwise leave everything as it is."""
-    protocol = getattr(send, "__self__", None)
-    if protocol is None or not getattr(protocol, "handshake_complete", False):
-        return
-    for name in ("request", "response"):
-        if getattr(protocol, name, None) is not None:
-            setattr(protocol, name, None)
-
-
-def _direct_writer(send: asgi.Send, sub: Subscriber) -> Callable[[Event], Awaitable[None] | None]:
-    """Write a frame from the calling task. The server's send completes without suspending
-    unless the socket pushes back; then the started write is returned for the writer task
-    to finish (the same coroutine, resumed: nothing is written twice or reordered).
-
-    On uvicorn's websockets-sansio protocol, a socket that is open and writable gets the
-    frame the way that send would write it (the sans-I/O connection frames it, the transport
-    writes it) minus the ASGI message, the coroutine and a str -> bytes copy per socket: the
-    event's JSON bytes go out as they are. Any other state takes the ASGI path."""
-    frames = metrics.FRAMES_SENT.labels("ws")
-    protocol: Any = getattr(send, "__self__", None)
-    fast = protocol is not None and all(hasattr(protocol, name) for name in _SANSIO_STATE)
-
-    def write(event: Event) -> Awaitable[None] | None:
-        if fast and protocol.handshake_complete and not protocol.close_sent \
-                and not protocol.disconnected and protocol.initial_response is None \
-                and protocol.writable.is_set():
-            try:
-                protocol.conn.send_text(event.encode())
-                protocol.transport.write(b"".join(protocol.conn.data_to_send()))
-            except Exception:  # the connection is gone: its reader sees the disconnect
-                sub.direct = None
-                return None
-            frames.inc()
-            return None
-        # An `async def` send, as every server has: a coroutine we may step ourselves.
-        coro = cast(Coroutine[Any, Any, None], send({"type": "websocket.send",
-                                                     "text": event.text()}))
-        try:
-            yielded = coro.send(None)
-        except StopIteration:
-            frames.inc()
-            return None
-        except Exception:  # the connection is gone: its reader sees the disconnect
-            sub.direct = None
-            return None
-        return _Resumed(coro, yielded)
-
-    return write
-
-
-# What uvicorn's websockets-sansio send consults before writing a frame.
-_SANSIO_STATE = ("conn", "transport", "writable", "handshake_complete", "close_sent",
-                 "disconnected", "initial_response")
-
-
-class _Resumed:
-    """Awaiting this continues a coroutine that was started (and suspended) elsewhere."""
-
-    __slots__ = ("coro", "yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-        self.coro, self.yielded = coro, yielded
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        value = self.yielded
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                self.coro.close()
-                raise
-            except BaseException as exc:  # handed to the coroutine, as a task would
-                try:
-                    value = self.coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    value = self.coro.send(sent)
-                except StopIteration:
-                    return
-
-
-async def _write(ws: WebSocket, sub: Subscriber, svc: Services,
-                 send: asgi.Send | None) -> None:
+async def _write(ws: WebSocket, sub: Subscriber, send: asgi.Send | None) -> None:
     frames = metrics.FRAMES_SENT.labels("ws")
     try:
         while not sub.overflowed:

@@ -11,16 +11,16 @@ To add a backend: add its name to BACKENDS and a branch to `_new_bus`.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pytest
 
+from core.protocol import Event
 from server.bus.base import Bus
 from server.bus.memory import MemoryBus
-from server.protocol import Event
+from server.bus.redis import RedisBus
 
 BACKENDS = ["memory", "redis"]
 DEFAULT_RETENTION_S = 60.0
@@ -90,10 +90,6 @@ class BusFactory(Protocol):
 def backend(request: pytest.FixtureRequest) -> Backend:
     name: str = request.param
     if name == "redis":
-        try:
-            importlib.import_module("server.bus.redis")
-        except ImportError:
-            pytest.skip("RedisBus not implemented yet")
         return Backend(name, request.getfixturevalue("redis_url"))
     return Backend(name, None)
 
@@ -103,9 +99,8 @@ def _new_bus(backend: Backend, retention_s: float, key_prefix: str) -> Bus:
         return MemoryBus(retention_s=retention_s)
     if backend.name == "redis":
         # The test's own key prefix: tests sharing the session's Redis never see each other.
-        module: Any = importlib.import_module("server.bus.redis")
-        bus: Bus = module.RedisBus(backend.url, retention_s=retention_s, prefix=key_prefix)
-        return bus
+        assert backend.url is not None
+        return RedisBus(backend.url, retention_s=retention_s, prefix=key_prefix)
     raise AssertionError(f"unknown bus backend {backend.name}")
 
 

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from server import protocol
+from core import protocol
+from core.protocol import Event
 from server.bus.base import LogSealed, log_entry
-from server.protocol import Event
 from store.ids import new_id
 from tests.bus.conftest import BusFactory, BusProbe
 

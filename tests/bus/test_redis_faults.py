@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
-from server import protocol
+from core import protocol
 from server.bus import redis as redis_bus
 from server.bus.base import BusUnavailable, log_entry
 from server.bus.redis import RedisBus

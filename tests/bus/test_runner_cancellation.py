@@ -16,9 +16,9 @@ from typing import Any, cast
 
 import pytest
 
+from core.protocol import Event
 from providers import ChatMessage, Chunk, Registry, StreamParams
 from server.bus.base import Bus, LogEntry
-from server.protocol import Event
 from server.runner import Runner
 from server.settings import Settings
 from store.db import make_engine, session_factory
@@ -155,7 +155,7 @@ async def harness(backend: Backend, key_prefix: str, make_database: DatabaseFact
         events.append(event)
         h.arrived.set()
 
-    await inner.start(on_event, runner.on_stop)
+    await inner.start(on_event, runner.on_stop_requested)
     try:
         yield h
     finally:
@@ -183,7 +183,7 @@ async def test_stop_inside_an_append_ends_with_one_done(harness: Harness) -> Non
     h.bus.hold(delta_at(4))
     await asyncio.wait_for(h.bus.inside.wait(), 10)
     # The bus has stored and published delta 4; the runner has not heard back yet.
-    await h.runner.stop(USER, gen, None)
+    await h.runner.request_stop(USER, gen, None)
     await asyncio.sleep(0.05)  # the stop is in: a cancellation would land right now
     h.bus.release()
     text = await h.check_exact(gen, "stopped")
@@ -197,7 +197,7 @@ async def test_stop_by_chat_inside_an_append(harness: Harness) -> None:
     await asyncio.wait_for(h.bus.inside.wait(), 10)
     row = await h.repo.generation(gen)
     assert row is not None
-    await h.runner.stop(USER, None, row.chat_id)
+    await h.runner.request_stop(USER, None, row.chat_id)
     h.bus.release()
     await h.check_exact(gen, "stopped")
 
@@ -212,7 +212,7 @@ async def test_stop_inside_the_start_append(harness: Harness) -> None:
     await asyncio.wait_for(h.bus.inside.wait(), 10)
     assert h.bus.held is not None
     gen = str(h.bus.held.gen)
-    await h.runner.stop(USER, gen, None)
+    await h.runner.request_stop(USER, gen, None)
     h.bus.release()
     await sending
     assert await h.check_exact(gen, "stopped") == ""
@@ -260,7 +260,7 @@ async def test_caller_cancelled_during_start_leaves_nothing_streaming(harness: H
     assert h.bus.held is not None
     gen = str(h.bus.held.gen)
     await h.wait_seq(gen, 3)
-    await h.runner.stop(USER, gen, None)
+    await h.runner.request_stop(USER, gen, None)
     await h.check_exact(gen, "stopped")
 
 
@@ -296,7 +296,7 @@ async def test_caller_cancelled_after_the_rows_are_committed(harness: Harness) -
     row = await h.repo.active_generation(chat.id)
     assert row is not None, "the committed generation was not started"
     await h.wait_seq(row.id, 2)
-    await h.runner.stop(USER, row.id, None)
+    await h.runner.request_stop(USER, row.id, None)
     await h.check_exact(row.id, "stopped")
 
 
@@ -307,7 +307,7 @@ async def test_stop_while_a_checkpoint_is_in_flight(harness: Harness) -> None:
     await h.wait_seq(gen, 3)
     inside, release = gate(h.repo, "checkpoint_many")
     await asyncio.wait_for(inside.wait(), 10)
-    await h.runner.stop(USER, gen, None)
+    await h.runner.request_stop(USER, gen, None)
     await asyncio.sleep(0.1)
     release.set()
     await h.check_exact(gen, "stopped")

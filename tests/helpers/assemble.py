@@ -2,7 +2,7 @@
 careful client would, and prove it equals what the server says it produced.
 
 Feed every event of one chat, in the order received, to `Assembler.apply`. It follows
-PROTOCOL.md: `snapshot` replaces state, `message` adds a message, `start` opens a generation
+docs/protocol.md: `snapshot` replaces state, `message` adds a message, `start` opens a generation
 (a continue-generation appends to its existing message), `delta` appends text, `done` closes.
 A `delta`/`done` whose `seq` is not above the cursor of its generation is *not* applied and is
 recorded as a duplicate; any duplicate or protocol problem makes `check_done` fail, so a server
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.protocol import Event
+from core.protocol import Event
 
 EventLike = Mapping[str, Any] | Event
 

@@ -346,7 +346,7 @@ class SSEClient(EventStream):
 
 class Poller(EventStream):
     """`GET /api/chats/{chat}/poll?cursor=…&wait=…` in a loop; the returned cursor is passed
-    back unchanged, as PROTOCOL.md requires."""
+    back unchanged, as docs/protocol.md requires."""
 
     def __init__(self, http: httpx.AsyncClient, chat: str, *, wait: float = 25.0,
                  cursor: str | None = None,

@@ -1,5 +1,6 @@
 """The test kit checks itself: assembler, SSE parsing, clients, redis-server and server
-process helpers (against small stand-ins, so these run before the real server exists)."""
+process helpers, against small stand-ins (so a broken helper fails here, not as a
+mysterious server failure)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.server import ServerConnection, serve
 
-from server import protocol
+from core import protocol
 from tests.helpers.assemble import Assembler, Cursor
 from tests.helpers.clients import SSEClient, SSEParser, WSClient
 from tests.helpers.redis_server import RedisServer

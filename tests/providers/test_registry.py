@@ -16,12 +16,12 @@ from providers import (
     ProviderStreamBroken,
     ProviderUnavailable,
     Registry,
+    RetryPolicy,
     StreamParams,
     trim_history,
 )
 from providers.gemini import GeminiProvider
 from providers.openai import OpenAIProvider
-from providers.resilience import backoff_delay
 from providers.think import ThinkTags
 from tests.fakes import FakeServer, Reply
 from tests.providers.conftest import consume, registry
@@ -144,11 +144,12 @@ async def test_idle_timeout_leaves_nothing_behind(stall_after: int, error: type)
 
 
 def test_backoff_grows_and_is_capped() -> None:
-    assert backoff_delay(0, base_s=1, max_s=10) <= 1
-    assert 4 <= backoff_delay(3, base_s=1, max_s=10) <= 8
-    assert backoff_delay(10, base_s=1, max_s=10) == 10
-    assert backoff_delay(0, base_s=1, max_s=10, retry_after=3) == 3
-    assert backoff_delay(0, base_s=1, max_s=10, retry_after=60) == 10
+    backoff = RetryPolicy(base_s=1, max_s=10).backoff
+    assert backoff.delay(0) <= 1
+    assert 4 <= backoff.delay(3) <= 8
+    assert backoff.delay(10) == 10
+    assert backoff.delay(0, retry_after=3) == 3
+    assert backoff.delay(0, retry_after=60) == 10
 
 
 def _m(role: str, content: str) -> ChatMessage:

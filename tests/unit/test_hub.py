@@ -7,13 +7,14 @@ import asyncio
 
 import pytest
 
+from core import protocol
+from core.codes import Close
+from core.protocol import Cursor, Event
+from core.retry import Backoff
 from server import hub as hub_module
-from server import protocol
 from server.bus.base import BusUnavailable
 from server.bus.memory import MemoryBus
-from server.codes import Close
 from server.hub import Hub, Subscriber
-from server.protocol import Cursor, Event
 
 
 def delta(gen: str, seq: int, text: str = "x") -> Event:
@@ -21,8 +22,8 @@ def delta(gen: str, seq: int, text: str = "x") -> Event:
 
 
 def ready(sub: Subscriber, chat: str = "c") -> None:
-    sub._open(chat)
-    sub._finish_sync(chat, [])
+    sub.open_chat(chat)
+    sub.caught_up(chat, [])
 
 
 def test_busy_subscriber_gets_merged_deltas_with_exact_text() -> None:
@@ -138,7 +139,8 @@ def test_many_interleaved_generations_merge_and_barriers_keep_order() -> None:
 
 async def test_a_resync_outlasts_a_short_bus_outage_and_gives_up_on_a_long_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub_module, "RESYNC_RETRIES_S", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(hub_module, "RESYNC_BACKOFF", Backoff(base_s=0.01, max_s=0.01))
+    monkeypatch.setattr(hub_module, "RESYNC_ATTEMPTS", 4)
     failures = {"c": 2, "d": 99}  # chat -> catch-ups that find the bus unavailable
 
     async def catch_up(chat: str, cursor: Cursor | None) -> list[Event]:

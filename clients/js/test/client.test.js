@@ -253,3 +253,17 @@ test('a done whose reasoning does not match is repaired from the server row', as
   assert.equal(st.get('a').content, 'abc');
   client.close();
 });
+
+test('an HTTP error without a JSON body maps to one code by status, wherever it is read', async () => {
+  const { httpError } = await import('../transports.js');
+  const cases = [[401, 'unauthorized', false], [404, 'not_found', false], [429, 'rate_limited', true],
+    [400, 'bad_request', false], [403, 'bad_request', false], [502, 'internal', true]];
+  for (const [status, code, retryable] of cases) {
+    const err = httpError(status);
+    assert.deepEqual([err.code, err.retryable, err.status], [code, retryable, status]);
+  }
+  const fetch = fakeFetch({ 'GET /api/chats': () => new Response('<html>no</html>', { status: 401 }) });
+  const client = new ChatcastClient(opts({ WebSocket: fakeWs(), fetch }));
+  await assert.rejects(client.api('GET', '/api/chats'), (err) => err.code === 'unauthorized');
+  client.close();
+});

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
-from server.errors import BadRequest, ChatcastError, TooLarge, UnknownType
+from core.errors import BadRequest, ChatcastError, TooLarge, UnknownType
 
 VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
@@ -137,7 +137,8 @@ def content_digest(text: str) -> tuple[int, str]:
 @dataclass(slots=True, eq=False)
 class Event:
     """A server → client event. `data` is the JSON object (its type, chat, gen and seq are
-    read once, at construction, and must not change); `encoded` is computed once."""
+    read once, at construction, and must not change); its JSON bytes and text are
+    computed once, on first use, and shared by every subscriber."""
 
     data: dict[str, Any]
     _raw: bytes | None = field(default=None, repr=False)

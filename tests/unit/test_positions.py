@@ -1,0 +1,40 @@
+"""One rule for positions, used by the hub's cursors, long-poll's cursor and snapshots."""
+
+from __future__ import annotations
+
+from core import protocol
+from server import positions
+from server.positions import DELIVER, GAP, REPEAT, ChatCursor
+
+
+def test_the_position_after_events() -> None:
+    snap = protocol.snapshot("c", [], None)
+    snap.data["cursor"] = {"gen": "g1", "seq": 4}
+    events = [snap, protocol.start("c", "g2", "m", "demo", "d"), protocol.delta("c", "g2", 1, "x"),
+              protocol.message("c", {"id": "m2"})]
+    position = None
+    trail = []
+    for event in events:
+        position = positions.moved(position, event)
+        trail.append(positions.encode(position))
+    assert trail == ["g1:4", "g2:0", "g2:1", "g2:1"]
+    assert positions.encode(None) == "-:0"
+
+
+def test_a_snapshot_resumes_at_the_active_generation_else_after_the_latest() -> None:
+    assert positions.resume_point(("g2", 7), ("g1", 9)) == {"gen": "g2", "seq": 7}
+    assert positions.resume_point(None, ("g1", 9)) == {"gen": "g1", "seq": 9}
+    assert positions.resume_point(None, None) == {"gen": positions.NO_GENERATION, "seq": 0}
+
+
+def test_a_cursor_delivers_once_in_order_and_sees_gaps() -> None:
+    cursor = ChatCursor()
+    assert cursor.admit(protocol.start("c", "g", "m", "demo", "d")) == DELIVER
+    assert cursor.admit(protocol.delta("c", "g", 1, "a")) == DELIVER
+    assert cursor.admit(protocol.delta("c", "g", 1, "a")) == REPEAT
+    assert cursor.admit(protocol.delta("c", "g", 3, "c")) == GAP
+    assert cursor.position == ("g", 1)
+    done = protocol.done("c", "g", 1, "stopped", {"id": "m", "content": "a"})
+    assert cursor.admit(done) == DELIVER  # a done from SQL, at what was seen: still final
+    assert cursor.admit(done) == REPEAT
+    assert cursor.cursor() == protocol.Cursor(gen="g", seq=1)
