@@ -83,9 +83,11 @@ let frameQueued = false;
 function scheduleFlush() {
   if (frameQueued) return;
   frameQueued = true;
-  // Hidden tabs get no animation frames; keep them current at a lower rate.
-  if (document.hidden) setTimeout(flush, 150);
-  else requestAnimationFrame(flush);
+  // Hidden tabs get no animation frames; keep them current at a lower rate. A visible tab that
+  // is not the focused one may get none either (some engines pause them): a timer backs it up.
+  if (document.hidden) { setTimeout(flush, 150); return; }
+  const backup = setTimeout(() => frameQueued && flush(), 250);
+  requestAnimationFrame(() => { clearTimeout(backup); if (frameQueued) flush(); });
 }
 function flush() {
   frameQueued = false;
