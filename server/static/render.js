@@ -16,7 +16,8 @@
 import { h, defineComponent } from './vendor/vue/vue.runtime.esm-browser.prod.js';
 import { renderMarkdown } from './markdown.js';
 
-export const renderers = { markdown: renderMarkdown };
+/** `tail: false` renders a streaming answer whole on every frame (for comparison only). */
+export const renderers = { markdown: renderMarkdown, tail: true };
 
 /** Called as `(error, message)` once per message whose rendering failed. */
 let reportError = () => {};
@@ -122,12 +123,13 @@ export function messageParts(msg) {
     failed.delete(msg.id); // its state changed (e.g. it finished): try again
   }
   try {
-    if (msg.status === 'streaming') {
+    if (msg.status === 'streaming' && renderers.tail) {
       let s = streams.get(msg.id);
       if (!s) { s = new StreamRender(); streams.set(msg.id, s); }
       return s.update(msg.content || '');
     }
     streams.delete(msg.id);
+    if (msg.status === 'streaming') return [{ key: 'all', html: renderers.markdown(msg.content || ''), tail: true }];
     return [{ key: 'all', html: renderWhole(msg) }];
   } catch (err) {
     streams.delete(msg.id);
