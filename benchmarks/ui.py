@@ -225,7 +225,7 @@ PHONE_CHECK = """() => {
   const side = document.querySelector('.sidebar').getBoundingClientRect();
   return {
     scrollWidth: doc.scrollWidth, clientWidth: doc.clientWidth,
-    horizontalScroll: doc.scrollWidth > doc.clientWidth || document.body.scrollWidth > doc.clientWidth,
+    horizontalScroll: Math.max(doc.scrollWidth, document.body.scrollWidth) > doc.clientWidth,
     input: {top: box.top, bottom: box.bottom, left: box.left, right: box.right, height: box.height},
     sendButton: {right: send.right, bottom: send.bottom, width: send.width, height: send.height},
     sidebar: {left: side.left, right: side.right, width: side.width},
@@ -264,7 +264,7 @@ async def phone(browser: Any, base: str) -> dict[str, Any]:
     return {
         "viewport": closed["viewport"], "horizontal_scroll": closed["horizontalScroll"]
         or opened["horizontalScroll"], "scroll_width": closed["scrollWidth"],
-        "input_in_view": 0 <= closed["input"]["top"] and closed["input"]["bottom"] <= vh,
+        "input_in_view": closed["input"]["top"] >= 0 and closed["input"]["bottom"] <= vh,
         "input_focusable": focused, "input_rect": closed["input"],
         "send_button": closed["sendButton"],
         "drawer": {"closed_right_edge": closed["sidebar"]["right"],
@@ -364,9 +364,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await browser.close()
         finally:
             server.stop()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=procs.REPO,
-                            capture_output=True, text=True).stdout.strip()
-    return {"when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+    return {"when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "browser": f"Chromium {version}",
             "machine": f"{platform.machine()}, {procs.os.cpu_count()} CPUs (shared)",
             "stream": stream, "stream_whole_rerender": whole, "chats": chats, "phone": ph}
@@ -380,6 +378,8 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = asyncio.run(run(args))
+    result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=procs.REPO,
+                                      capture_output=True, text=True).stdout.strip()
     (RESULTS / "ui.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "ui.md").write_text(markdown_report(result))
     print(markdown_report(result))
