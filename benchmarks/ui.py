@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sqlite3
 import subprocess
@@ -100,7 +101,7 @@ async def main_thread(cdp: Any) -> dict[str, float]:
 
 
 def load_average() -> float:
-    return round(procs.os.getloadavg()[0], 1)
+    return round(float(os.getloadavg()[0]), 1)
 
 
 async def stream_long_answer(context: BrowserContext, base: str, tokens: int,
@@ -366,7 +367,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             server.stop()
     return {"when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "browser": f"Chromium {version}",
-            "machine": f"{platform.machine()}, {procs.os.cpu_count()} CPUs (shared)",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
             "stream": stream, "stream_whole_rerender": whole, "chats": chats, "phone": ph}
 
 
