@@ -385,6 +385,8 @@ async function submit() {
     }
   }
   ui.draft = '';
+  const box = document.querySelector('.composer textarea');
+  if (box) box.style.height = ''; // back to one line
   stick = true;
   send(id, text);
 }
