@@ -93,6 +93,19 @@ async def heap(cdp: Any, gc: bool = False) -> float:
     return float(usage["usedSize"]) / 2**20
 
 
+COUNT_MARKDOWN = """(tail) => {
+  const r = window.chatcastRenderers;
+  r.tail = tail;
+  const render = r.markdown;
+  window.__md = { calls: 0, chars: 0, ms: 0 };
+  r.markdown = (text, opts) => {
+    const t = performance.now();
+    try { return render(text, opts); } finally {
+      window.__md.calls++; window.__md.chars += text.length; window.__md.ms += performance.now() - t;
+    }
+  };
+}"""
+
 METRICS = ("TaskDuration", "ScriptDuration", "LayoutDuration", "RecalcStyleDuration")
 
 
@@ -130,13 +143,14 @@ async def stream_long_answer(context: BrowserContext, base: str, tokens: int,
     cdp = await context.new_cdp_session(page)
     await cdp.send("HeapProfiler.enable")
     await cdp.send("Performance.enable")
-    await page.evaluate("(tail) => { window.chatcastRenderers.tail = tail; }", tail)
+    await page.evaluate(COUNT_MARKDOWN, tail)
     chat = (await api(page, "POST", "/api/chats", {"title": "Long answer"}))["id"]
     await page.evaluate("(id) => { location.hash = '#/c/' + id; }", chat)
     await page.wait_for_function("(id) => window.chatcast.chat(id)?.ready", arg=chat)
     text = long_answer(tokens)
     before = await heap(cdp, gc=True)
-    await page.evaluate("() => { window.__long.length = 0; }")
+    await page.evaluate("() => { window.__long.length = 0; Object.assign(window.__md,"
+                        " {calls: 0, chars: 0, ms: 0}); }")
     m0 = await main_thread(cdp)
     cpu0 = renderer_cpu()
     load0 = load_average()
@@ -158,6 +172,7 @@ async def stream_long_answer(context: BrowserContext, base: str, tokens: int,
     m1 = await main_thread(cdp)
     cpu1 = renderer_cpu()
     long_tasks: list[float] = await page.evaluate("() => window.__long")
+    markdown: dict[str, float] = await page.evaluate("() => window.__md")
     after = await heap(cdp, gc=True)
     rendered = await page.evaluate(
         "() => ({parts: 0, codeBlocks: document.querySelectorAll('.msg.assistant .code-block')"
@@ -176,6 +191,8 @@ async def stream_long_answer(context: BrowserContext, base: str, tokens: int,
         "main_thread_ms": {k.removesuffix("Duration").lower(): round((m1[k] - m0[k]) * 1000)
                            for k in METRICS},
         "renderer_cpu_seconds": round(cpu1 - cpu0, 2),
+        "markdown_work": {"renders": int(markdown["calls"]), "chars": int(markdown["chars"]),
+                          "ms": round(markdown["ms"])},
         "load_average": [load0, load_average()],
         "tail_rendering": tail,
     }
@@ -325,6 +342,7 @@ whole text rendered on every frame (`renderers.tail = false`):
 | | tail only (default) | whole answer every frame |
 |---|---|---|
 | long tasks | {lt['count']}, {lt['total_ms']} ms, longest {lt['max_ms']} ms | {wlt['count']}, {wlt['total_ms']} ms, longest {wlt['max_ms']} ms |
+| markdown rendered | {s['markdown_work']['renders']} renders, {s['markdown_work']['chars']:,} characters, {s['markdown_work']['ms']} ms | {w['markdown_work']['renders']} renders, {w['markdown_work']['chars']:,} characters, {w['markdown_work']['ms']} ms |
 | renderer CPU time | {s['renderer_cpu_seconds']} s | {w['renderer_cpu_seconds']} s |
 | main thread busy | {mt['task']} ms (script {mt['script']} ms) | {wmt['task']} ms (script {wmt['script']} ms) |
 | JS heap peak | {hp['peak_while_streaming']} MB | {w['heap_mb']['peak_while_streaming']} MB |

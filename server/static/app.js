@@ -9,7 +9,7 @@ import {
 } from './vendor/vue/vue.runtime.esm-browser.prod.js';
 import { ChatcastClient, isThinking, thoughtSeconds } from '/client/chatcast.js';
 import { renderMarkdown } from './markdown.js';
-import { MarkdownBody, onRenderError, renderers } from './render.js';
+import { forgetStreams, MarkdownBody, onRenderError, renderers } from './render.js';
 import * as saved from './cache.js';
 
 // ---- connection ---------------------------------------------------------------------------
@@ -283,6 +283,7 @@ function open(id) {
   if (ui.currentId) { saveNow(); client.unsubscribe(ui.currentId); }
   ui.currentId = id;
   windowEnd.value = null;
+  forgetStreams(new Set()); // incremental renderings are rebuilt on demand for the chat shown
   const copy = id && !client.chat(id)?.ready ? saved.loadChat(id) : null;
   savedCopy = copy ? { id, messages: copy.messages } : null;
   ui.missing = false;
