@@ -222,8 +222,15 @@ def test_stop_from_a_second_tab(engine: str, browser: Browser, pages: list[Page]
     wait_answer(tab1, chat, min_chars=20, status="streaming")
     wait_answer(tab2, chat, min_chars=20, status="streaming")
     tab2.click(STOP)
+    try:
+        a2 = wait_answer(tab2, chat, status="stopped", timeout=8)
+    except AssertionError:
+        # WebKitGTK's driver now and then loses a synthesized click on a loaded machine (the
+        # server never hears of it): press the same button once more, from the page itself.
+        print(f"{engine}: Stop click had no effect; clicking it again")
+        tab2.js(f"() => document.querySelector({STOP!r}).click()")
+        a2 = wait_answer(tab2, chat, status="stopped", timeout=10)
     a1 = wait_answer(tab1, chat, status="stopped", timeout=10)
-    a2 = wait_answer(tab2, chat, status="stopped", timeout=10)
     assert a1["id"] == a2["id"]
     wait(tab1, "() => !!document.querySelector('button[aria-label=\"Continue\"]')", timeout=10,
          what="Continue button in the first tab")
