@@ -103,7 +103,8 @@ export function loadChat(id) {
   return { messages, savedAt: saved.savedAt || 0 };
 }
 
-const FIELDS = ['id', 'chat', 'role', 'content', 'status', 'gen', 'model', 'provider', 'created_at', 'error'];
+const FIELDS = ['id', 'chat', 'role', 'content', 'status', 'gen', 'model', 'provider', 'created_at', 'error',
+  'reasoning', 'reasoning_started_at', 'reasoning_ended_at'];
 
 /** Keep the last messages of a chat (as the server last confirmed them). */
 export function saveChat(id, messages) {

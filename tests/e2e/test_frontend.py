@@ -7,6 +7,7 @@ open chat from the saved copy at once, then the server's state replaces it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from playwright.async_api import BrowserContext, Route, WebSocketRoute, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from store.ids import new_id
 from tests.e2e.test_ui import assert_same_as_server
@@ -148,11 +150,16 @@ async def test_a_long_chat_keeps_a_bounded_dom(app: Any, context: BrowserContext
     sizes = [await page.evaluate(DOM_SIZE)]
     # Scroll up to the very first message: the page fetches all 1 200 from the server.
     for _ in range(200):
+        first = await page.locator(".thread > .msg").first.get_attribute("data-id")
         if await page.locator(".thread > .msg[data-role=user]").first.inner_text() == "message 0":
             break
         await page.evaluate("() => { const s = document.querySelector('.scroller');"
                             " s.scrollTop = 0; s.dispatchEvent(new Event('scroll')); }")
-        await page.wait_for_timeout(60)
+        # Wait for the window to move (or older history to arrive), however slow the machine.
+        with contextlib.suppress(PlaywrightTimeout):
+            await page.wait_for_function(
+                "(id) => document.querySelector('.thread > .msg')?.dataset.id !== id",
+                arg=first, timeout=5_000)
         sizes.append(await page.evaluate(DOM_SIZE))
     else:
         loaded = await page.evaluate(LOADED, chat)
