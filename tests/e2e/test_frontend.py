@@ -173,7 +173,8 @@ async def test_a_long_chat_keeps_a_bounded_dom(app: Any, context: BrowserContext
     await page.get_by_role("textbox", name="Message").fill("And one more")
     await page.get_by_role("button", name="Send").click()
     await wait_answer(page, chat, status="complete")
-    await expect(page.locator(".thread > .msg").last).to_contain_text("stays a link")
+    await expect(page.locator(".thread > .msg").last).to_contain_text("stays a link",
+                                                                      timeout=30_000)
     assert await page.evaluate(DOM_SIZE) <= 60
     assert not context.page_errors  # type: ignore[attr-defined]
 
