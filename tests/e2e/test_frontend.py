@@ -222,13 +222,13 @@ async def test_reload_paints_the_saved_copy_then_the_server_wins(
     await wait_answer(page, chat, status="complete")
     await page.wait_for_function(SAVED, arg=chat)
     await expect(page.locator(".chat-item")).to_have_count(1)
-    # Meanwhile the chat changes on the server.
+    # The page is cut off from the server first (so it cannot pick up what follows and
+    # save it), then the chat changes on the server.
+    hold.hold()
     res = await page.request.patch(f"{app.url}/api/chats/{chat}",
                                    data={"title": "Renamed on the server"},
                                    headers={"Origin": app.url})
     assert res.ok, await res.text()
-
-    hold.hold()
     await page.reload()
     # Painted from the browser's copy, with the server unreachable: list, answer, a note.
     await expect(page.locator(".chat-item")).to_have_count(1)
