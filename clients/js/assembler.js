@@ -54,6 +54,49 @@ export function thoughtSeconds(m) {
   return Number.isFinite(s) && s >= 0 ? s : null;
 }
 
+const isStr = (v) => typeof v === 'string' && v.length > 0;
+const isSeq = (v) => Number.isInteger(v) && v >= 0;
+
+/**
+ * Why a server event cannot be applied, or null when its shape is sound. Only the fields the
+ * assembler relies on are checked; unknown event types and extra fields are fine (newer servers).
+ * @param {any} ev
+ * @returns {string | null}
+ */
+export function malformed(ev) {
+  if (!ev || typeof ev !== 'object' || Array.isArray(ev) || typeof ev.type !== 'string') return 'not an event object';
+  switch (ev.type) {
+    case 'delta':
+      if (!isStr(ev.gen)) return 'delta without a generation';
+      if (!isSeq(ev.seq)) return 'delta without an integer seq';
+      if (typeof ev.text !== 'string') return 'delta text is not a string';
+      return null;
+    case 'start':
+      if (!isStr(ev.gen) || !isStr(ev.message)) return 'start without generation and message ids';
+      return null;
+    case 'done':
+      if (!isStr(ev.gen)) return 'done without a generation';
+      if (ev.seq !== undefined && !isSeq(ev.seq)) return 'done seq is not an integer';
+      if (ev.message !== undefined && ev.message !== null && typeof ev.message !== 'object') return 'done message is not an object';
+      return null;
+    case 'message':
+      if (!ev.message || typeof ev.message !== 'object' || !isStr(ev.message.id)) return 'message event without a message id';
+      if (ev.message.content !== undefined && typeof ev.message.content !== 'string') return 'message content is not a string';
+      return null;
+    case 'snapshot':
+      if (!Array.isArray(ev.messages)) return 'snapshot without a message list';
+      if (ev.messages.some((m) => !m || typeof m !== 'object' || !isStr(m.id) || typeof (m.content ?? '') !== 'string')) {
+        return 'snapshot with a malformed message';
+      }
+      if (ev.active && (typeof ev.active !== 'object' || !isStr(ev.active.gen) || !isStr(ev.active.message))) {
+        return 'snapshot with a malformed active generation';
+      }
+      return null;
+    default:
+      return null;
+  }
+}
+
 export class ChatState {
   /** @param {string} chat */
   constructor(chat) {

@@ -8,13 +8,13 @@
  * @module chatcast
  */
 
-import { ChatState, verifyContent } from './assembler.js';
+import { ChatState, malformed, verifyContent } from './assembler.js';
 import { reconnectPlan, fullJitter } from './backoff.js';
 import { FrameTooLarge } from './framing.js';
 import { sha256Hex } from './sha256.js';
 import { ChatcastError, httpCommand, httpError, PollTransport, SseTransport, toError, WsTransport } from './transports.js';
 
-export { ChatState, isThinking, thoughtSeconds } from './assembler.js';
+export { ChatState, isThinking, malformed, thoughtSeconds } from './assembler.js';
 export { ChatcastError } from './transports.js';
 export * as protocol from './protocol.js';
 
@@ -41,6 +41,11 @@ export * as protocol from './protocol.js';
  * @property {number} [stallCheck] ms without an event for a running answer before the client
  *   asks the server whether it is still running, and re-syncs the chat if not (default 12000;
  *   0 turns it off)
+ * @property {string | false} [errorReports] where rendering errors and skipped malformed frames
+ *   are reported (POST, JSON `{kind, message, detail, chat_id?}`; default `/api/client-errors`;
+ *   false turns reporting off)
+ * @property {number} [reportsPerMinute] at most this many reports a minute (default 10); the same
+ *   kind and message is reported once a minute
  * @property {typeof fetch} [fetch]
  * @property {typeof WebSocket} [WebSocket]
  */
@@ -73,6 +78,8 @@ export class ChatcastClient {
       sseIdleTimeout: options.sseIdleTimeout ?? 45000,
       pollWait: options.pollWait ?? 25,
       stallCheck: options.stallCheck ?? 12000,
+      errorReports: options.errorReports ?? '/api/client-errors',
+      reportsPerMinute: options.reportsPerMinute ?? 10,
       fetch: options.fetch || globalThis.fetch.bind(globalThis),
       WebSocket: options.WebSocket || globalThis.WebSocket,
     };
@@ -98,6 +105,10 @@ export class ChatcastClient {
     this.lastEventAt = new Map();
     this.watchdog = null;
     this.checking = new Set();
+    /** @type {number[]} times of the reports sent in the last minute */
+    this.reportTimes = [];
+    /** @type {Map<string, number>} kind+message → when it was last reported */
+    this.reported = new Map();
     if (typeof globalThis.addEventListener === 'function') {
       globalThis.addEventListener('online', () => this.state === 'reconnecting' && this.connectNow());
     }
@@ -169,6 +180,7 @@ export class ChatcastClient {
       onEstablished: (t) => t === this.transport && this.onEstablished(t),
       onEvent: (ev) => owner.alive() && this.onEvent(ev),
       onReply: (rid, frame) => owner.alive() && this.onReply(rid, frame),
+      onMalformed: (raw, why, chat) => owner.alive() && this.onMalformed(raw, why, chat),
       onClosed: (info) => this.onClosed(t, info),
       alive: () => t === this.transport,
     };
@@ -343,7 +355,49 @@ export class ChatcastClient {
     }
   }
 
+  /**
+   * A frame that is not a sound event: skipped (the stream goes on; a gap it leaves is repaired
+   * by the next snapshot), announced as `malformed` and reported.
+   * @param {any} raw @param {string} why @param {string} [chat]
+   */
+  onMalformed(raw, why, chat) {
+    const text = typeof raw === 'string' ? raw : (() => { try { return JSON.stringify(raw); } catch { return String(raw); } })();
+    const detail = { frame: String(text).slice(0, 300), transport: this.transportName };
+    this.emit('malformed', { chat: chat || null, why, frame: detail.frame });
+    this.report('malformed_frame', why, detail, chat);
+  }
+
+  /**
+   * Report a client-side problem to the server's error log (fire and forget, rate-limited).
+   * @param {string} kind e.g. `render_error`, `malformed_frame`
+   * @param {string} message
+   * @param {Record<string, any>} [detail]
+   * @param {string | null} [chat]
+   * @returns {boolean} whether a report was sent
+   */
+  report(kind, message, detail = {}, chat = null) {
+    const url = this.opts.errorReports;
+    if (!url) return false;
+    const now = Date.now();
+    const key = `${kind}\n${message}`;
+    if (now - (this.reported.get(key) ?? -Infinity) < 60000) return false;
+    this.reportTimes = this.reportTimes.filter((t) => now - t < 60000);
+    if (this.reportTimes.length >= this.opts.reportsPerMinute) return false;
+    this.reportTimes.push(now);
+    this.reported.set(key, now);
+    if (this.reported.size > 200) this.reported.delete(this.reported.keys().next().value);
+    const body = { kind, message: String(message).slice(0, 500), detail };
+    if (chat) body.chat_id = chat;
+    let payload;
+    try { payload = JSON.stringify(body); } catch { payload = JSON.stringify({ kind, message: body.message, detail: {} }); }
+    const init = this.withAuth({ method: 'POST', headers: { 'Content-Type': 'application/json' }, body: payload, keepalive: true });
+    Promise.resolve().then(() => this.opts.fetch(new URL(url, this.opts.baseUrl), init)).catch(() => { /* best effort */ });
+    return true;
+  }
+
   onEvent(ev) {
+    const bad = malformed(ev);
+    if (bad) { this.onMalformed(ev, bad, ev && typeof ev.chat === 'string' ? ev.chat : undefined); return; }
     if (ev.chat) this.lastEventAt.set(ev.chat, Date.now());
     this.emit('event', ev);
     if (ev.type === 'error') {
@@ -355,7 +409,14 @@ export class ChatcastClient {
     }
     const st = ev.chat ? this.subs.get(ev.chat) : undefined;
     if (!st) return;
-    const { changed, effects } = st.apply(ev);
+    let result;
+    try {
+      result = st.apply(ev);
+    } catch (err) {
+      this.onMalformed(ev, `could not apply ${ev.type}: ${err && err.message}`, ev.chat);
+      return;
+    }
+    const { changed, effects } = result;
     if (changed) this.emit('change', { chat: ev.chat, state: st, event: ev });
     for (const eff of effects) {
       if (eff.type === 'verify') this.verify(st, eff);

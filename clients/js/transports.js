@@ -130,7 +130,7 @@ export class WsTransport {
     ws.onmessage = (e) => {
       if (typeof e.data !== 'string') return;
       const frame = decodeFrame(e.data);
-      if (!frame) return;
+      if (!frame) { this.owner.onMalformed(e.data, 'not a JSON event'); return; }
       this.lastFrameAt = Date.now();
       if (!this.established) {
         this.established = true;
@@ -350,6 +350,7 @@ export class SseTransport extends HttpTransport {
         for (const msg of parser.push(decoder.decode(value, { stream: true }))) {
           const frame = decodeFrame(msg.data);
           if (frame) this.owner.onEvent({ chat, ...frame });
+          else this.owner.onMalformed(msg.data, 'not a JSON event', chat);
         }
       }
     } catch (err) {
@@ -396,7 +397,8 @@ export class PollTransport extends HttpTransport {
       this.markEstablished();
       if (ctl.signal.aborted) return;
       for (const ev of Array.isArray(body.events) ? body.events : []) {
-        this.owner.onEvent({ chat, ...ev });
+        if (ev && typeof ev === 'object' && !Array.isArray(ev)) this.owner.onEvent({ chat, ...ev });
+        else this.owner.onMalformed(JSON.stringify(ev), 'not an event object', chat);
       }
       if (body.cursor !== undefined && body.cursor !== null) cursor = String(body.cursor);
     }

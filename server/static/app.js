@@ -9,6 +9,8 @@ import {
 } from './vendor/vue/vue.runtime.esm-browser.prod.js';
 import { ChatcastClient, isThinking, thoughtSeconds } from '/client/chatcast.js';
 import { renderMarkdown } from './markdown.js';
+import { forgetStreams, MarkdownBody, onRenderError, renderers } from './render.js';
+import * as saved from './cache.js';
 
 // ---- connection ---------------------------------------------------------------------------
 
@@ -17,6 +19,15 @@ const ALL = ['ws', 'sse', 'poll'];
 const first = ALL.indexOf(params.get('transport') || '');
 const client = new ChatcastClient({ transports: first > 0 ? ALL.slice(first) : ALL });
 window.chatcast = client; // handy in the console, and for tests
+window.chatcastRenderers = renderers; // likewise: the renderer can be swapped from there
+
+// A renderer that throws shows that message as plain text; the error goes to the server's log.
+onRenderError((err, msg) => {
+  console.error('rendering failed; message shown as plain text', err);
+  client.report('render_error', String((err && err.message) || err),
+    { message_id: msg.id, status: msg.status, length: (msg.content || '').length, stack: String((err && err.stack) || '').slice(0, 800) },
+    msg.chat || ui.currentId);
+});
 
 const TRANSPORT_NAMES = { ws: 'WebSocket', sse: 'SSE', poll: 'long-poll' };
 
@@ -34,10 +45,12 @@ const ui = reactive({
   loadingOlder: false,
   newChatModel: null,
   missing: false,
+  keepCopy: saved.enabled(),
 });
 
-/** The open chat's state, copied from the client once per animation frame. */
-const view = shallowRef({ messages: [], active: null, hasMore: false, ready: false });
+/** The open chat's state, copied from the client once per animation frame. `saved`: painted
+ * from the browser's copy while the server's snapshot is on its way (shown, never live). */
+const view = shallowRef({ messages: [], active: null, hasMore: false, ready: false, saved: false });
 
 // ---- banners --------------------------------------------------------------------------------
 
@@ -70,50 +83,139 @@ let frameQueued = false;
 function scheduleFlush() {
   if (frameQueued) return;
   frameQueued = true;
-  // Hidden tabs get no animation frames; keep them current at a lower rate.
-  if (document.hidden) setTimeout(flush, 150);
-  else requestAnimationFrame(flush);
+  // Hidden tabs get no animation frames; keep them current at a lower rate. A visible tab that
+  // is not the focused one may get none either (some engines pause them): a timer backs it up.
+  if (document.hidden) { setTimeout(flush, 150); return; }
+  const backup = setTimeout(() => frameQueued && flush(), 250);
+  requestAnimationFrame(() => { clearTimeout(backup); if (frameQueued) flush(); });
 }
 function flush() {
   frameQueued = false;
   const st = ui.currentId ? client.chat(ui.currentId) : null;
-  view.value = st
-    ? { messages: st.messages, active: st.active, hasMore: st.hasMore !== false, ready: st.ready }
-    : { messages: [], active: null, hasMore: false, ready: true };
+  if (st && !st.ready && savedCopy && savedCopy.id === ui.currentId) {
+    const pending = st.messages.filter((m) => m.local);
+    view.value = { messages: [...savedCopy.messages, ...pending], active: null, hasMore: false, ready: false, saved: true };
+  } else {
+    if (st && st.ready) { savedCopy = null; saveSoon(); }
+    view.value = st
+      ? { messages: st.messages, active: st.active, hasMore: st.hasMore !== false, ready: st.ready, saved: false }
+      : { messages: [], active: null, hasMore: false, ready: true, saved: false };
+  }
   afterRender();
 }
 
+// ---- the browser's copy ----------------------------------------------------------------------
+
+/** The open chat as the browser kept it, until the server's snapshot arrives. */
+let savedCopy = null;
+let saveTimer = null;
+function saveSoon() {
+  if (saveTimer || !ui.keepCopy) return;
+  saveTimer = setTimeout(saveNow, 1500);
+}
+function saveNow() {
+  clearTimeout(saveTimer);
+  saveTimer = null;
+  if (!ui.keepCopy) return;
+  const st = ui.currentId ? client.chat(ui.currentId) : null;
+  if (st && st.ready) saved.saveChat(ui.currentId, st.messages);
+}
+function setKeepCopy(on) {
+  ui.keepCopy = on;
+  saved.setEnabled(on);
+  if (on) { saved.saveChats(ui.chats); saveNow(); }
+}
+window.addEventListener('pagehide', saveNow);
+document.addEventListener('visibilitychange', () => { if (document.hidden) saveNow(); });
+
 let scroller = null; // the message list element
 let stick = true; // follow new text while the reader is at the bottom
+
+/*
+ * A bounded DOM for long chats: at most WINDOW messages are rendered, a window over the chat's
+ * messages that follows the end while the reader is there (`windowEnd` null) and otherwise ends at
+ * a given message. Scrolling near the top or bottom of what is rendered moves the window by STEP
+ * messages, keeping the message under the reader's eyes in place; at the very top, older history is
+ * fetched from the server as before.
+ */
+const WINDOW = 60;
+const STEP = 20;
+const windowEnd = ref(null); // id of the last rendered message, or null: the chat's last one
+
+function windowRange(msgs) {
+  let end = msgs.length;
+  if (windowEnd.value) {
+    const i = msgs.findIndex((m) => m.id === windowEnd.value);
+    if (i !== -1) end = i + 1;
+  }
+  return [Math.max(0, end - WINDOW), end];
+}
+
+/** Change what is rendered without moving what the reader sees. */
+async function keepingPlace(change) {
+  const el = scroller && [...scroller.querySelectorAll('.thread > .msg')].find((m) => m.offsetTop + m.offsetHeight > scroller.scrollTop);
+  const id = el && el.dataset.id;
+  const top = el ? el.offsetTop - scroller.scrollTop : 0;
+  await change();
+  await nextTick();
+  if (!scroller || !id) return;
+  const again = scroller.querySelector(`.thread > .msg[data-id="${CSS.escape(id)}"]`);
+  if (again) scroller.scrollTop = again.offsetTop - top;
+}
+
+let shifting = false;
+async function shiftWindow(direction) {
+  const msgs = view.value.messages;
+  const [start, end] = windowRange(msgs);
+  if (shifting) return false;
+  if (direction < 0 && start === 0) return false;
+  if (direction > 0 && end >= msgs.length) return false;
+  shifting = true;
+  try {
+    await keepingPlace(() => {
+      const next = direction < 0 ? Math.min(msgs.length, Math.max(0, start - STEP) + WINDOW) : Math.min(msgs.length, end + STEP);
+      windowEnd.value = next >= msgs.length ? null : msgs[next - 1].id;
+    });
+  } finally {
+    shifting = false;
+  }
+  return true;
+}
+
 function afterRender() {
   nextTick(() => {
-    if (scroller && stick) scroller.scrollTop = scroller.scrollHeight;
+    if (scroller && stick && !windowEnd.value) scroller.scrollTop = scroller.scrollHeight;
     maybeLoadOlder();
   });
 }
 function onScroll() {
   if (!scroller) return;
-  stick = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 60;
+  const fromBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
+  stick = !windowEnd.value && fromBottom < 60;
   ui.atBottom = stick;
-  maybeLoadOlder();
+  if (fromBottom < 300 && windowEnd.value) shiftWindow(1);
+  else if (scroller.scrollTop < 300) shiftWindow(-1).then((moved) => moved || maybeLoadOlder());
 }
 function jumpToLatest() {
+  windowEnd.value = null;
   stick = true;
   ui.atBottom = true;
-  if (scroller) scroller.scrollTop = scroller.scrollHeight;
+  nextTick(() => { if (scroller) scroller.scrollTop = scroller.scrollHeight; });
 }
 
 async function maybeLoadOlder() {
   const id = ui.currentId;
   if (!scroller || !id || ui.loadingOlder || !view.value.ready || !view.value.hasMore) return;
   if (scroller.scrollTop > 150 || !view.value.messages.length) return;
+  if (windowRange(view.value.messages)[0] > 0) return; // older ones are loaded, just not shown
   ui.loadingOlder = true;
-  const before = scroller.scrollHeight;
   try {
-    await client.loadOlder(id, 50);
-    flush();
-    await nextTick();
-    if (scroller && ui.currentId === id) scroller.scrollTop += scroller.scrollHeight - before;
+    // A full window stays on the same messages; the ones loaded come into view by moving it up.
+    await keepingPlace(async () => {
+      await client.loadOlder(id, 50);
+      flush();
+    });
+    if (ui.currentId === id && scroller && scroller.scrollTop < 300) await shiftWindow(-1);
   } catch (err) {
     banner(`Could not load older messages: ${describe(err)}`, { label: 'Retry', run: maybeLoadOlder }, 'history');
   } finally {
@@ -129,6 +231,7 @@ client.on('state', (s) => {
   if (s.state === 'closed' && s.detail && s.detail.why !== 'closed by the page') {
     banner('Disconnected from the server.', { label: 'Reconnect', run: () => client.reconnect() }, 'conn');
   }
+  if (s.state === 'unauthorized') { saved.clear(); savedCopy = null; }
   if (s.state === 'unauthorized') banner('Your session is no longer valid. Reload the page to sign in again.', { label: 'Reload', run: () => location.reload() }, 'conn');
 });
 client.on('change', ({ chat, event }) => {
@@ -136,7 +239,9 @@ client.on('change', ({ chat, event }) => {
   if (event && (event.type === 'done' || event.type === 'message')) refreshChatsSoon();
 });
 client.on('error', (err) => {
+  if (err.chat && err.code === 'not_found') saved.forgetChat(err.chat);
   if (err.chat && err.chat === ui.currentId && err.code === 'not_found') {
+    if (savedCopy) { savedCopy = null; flush(); }
     ui.missing = true;
     banner(describe(err), { label: 'New chat', run: newChat }, 'missing');
     return;
@@ -150,6 +255,7 @@ async function refreshChats() {
   try {
     const body = await client.api('GET', '/api/chats');
     ui.chats = Array.isArray(body) ? body : body.chats || [];
+    if (ui.keepCopy) saved.saveChats(ui.chats);
   } catch (err) {
     banner(`Could not load your chats: ${describe(err)}`, { label: 'Retry', run: refreshChats }, 'chats');
   }
@@ -174,8 +280,12 @@ function chatFromHash() {
 
 function open(id) {
   if (ui.currentId === id) return;
-  if (ui.currentId) client.unsubscribe(ui.currentId);
+  if (ui.currentId) { saveNow(); client.unsubscribe(ui.currentId); }
   ui.currentId = id;
+  windowEnd.value = null;
+  forgetStreams(new Set()); // incremental renderings are rebuilt on demand for the chat shown
+  const copy = id && !client.chat(id)?.ready ? saved.loadChat(id) : null;
+  savedCopy = copy ? { id, messages: copy.messages } : null;
   ui.missing = false;
   ui.banners = ui.banners.filter((b) => b.key !== 'missing' && b.key !== 'history');
   ui.sidebarOpen = false;
@@ -218,6 +328,8 @@ async function deleteChat(chat) {
   try {
     await client.api('DELETE', `/api/chats/${chat.id}`);
     ui.chats = ui.chats.filter((c) => c.id !== chat.id);
+    saved.forgetChat(chat.id);
+    if (ui.keepCopy) saved.saveChats(ui.chats);
     if (ui.currentId === chat.id) newChat();
   } catch (err) {
     banner(`Could not delete: ${describe(err)}`);
@@ -274,6 +386,8 @@ async function submit() {
     }
   }
   ui.draft = '';
+  const box = document.querySelector('.composer textarea');
+  if (box) box.style.height = ''; // back to one line
   stick = true;
   send(id, text);
 }
@@ -344,6 +458,7 @@ const StatusNote = {
   stopped: 'Stopped',
   interrupted: 'Interrupted — the server lost this answer midway.',
   error: 'The answer failed.',
+  saved: 'Saved on this device while it was being written; checking with the server…',
 };
 
 /**
@@ -381,7 +496,6 @@ const MessageView = defineComponent({
   name: 'MessageView',
   props: { msg: Object, last: Boolean, busy: Boolean },
   setup(props) {
-    const html = computed(() => renderMarkdown(props.msg.content));
     return () => {
       const m = props.msg;
       if (m.role === 'user') {
@@ -395,12 +509,12 @@ const MessageView = defineComponent({
         h('div', { class: 'avatar', 'aria-hidden': 'true' }, '✦'),
         h('div', { class: 'body' }, [
           m.reasoning ? h(ReasoningView, { msg: m }) : null,
-          h('div', { class: ['markdown', streaming && 'streaming', !m.content && streaming && 'empty'], innerHTML: html.value }),
+          h(MarkdownBody, { msg: m }),
           StatusNote[m.status] ? h('div', { class: ['note', m.status] }, [
             StatusNote[m.status],
             m.error && m.error.message ? ` ${m.error.message}` : '',
           ]) : null,
-          !streaming ? h('div', { class: 'actions' }, [
+          !streaming && !m.saved ? h('div', { class: 'actions' }, [
             h('button', { type: 'button', class: 'ghost', 'aria-label': 'Copy message', title: 'Copy', onClick: (e) => copyText(m.content, e.currentTarget.querySelector('span')) },
               [Icon(ICONS.copy), h('span', 'Copy')]),
             props.last && !props.busy ? h('button', { type: 'button', class: 'ghost', 'aria-label': 'Regenerate', title: 'Regenerate', onClick: regenerate },
@@ -443,7 +557,13 @@ const Sidebar = defineComponent({
           ]),
         ]))
         : [h('p', { class: 'muted small' }, 'No chats yet.')]),
-      h('div', { class: 'sidebar-foot muted small' }, 'Answers keep streaming when you close the tab.'),
+      h('div', { class: 'sidebar-foot muted small' }, [
+        h('p', 'Answers keep streaming when you close the tab.'),
+        h('label', { class: 'keep-copy' }, [
+          h('input', { type: 'checkbox', checked: ui.keepCopy, onChange: (e) => setKeepCopy(e.target.checked) }),
+          ' Keep a copy on this device',
+        ]),
+      ]),
     ]);
   },
 });
@@ -503,18 +623,21 @@ const Conversation = defineComponent({
       const msgs = v.messages;
       const lastAnswer = msgs.length && msgs[msgs.length - 1].role === 'assistant' ? msgs[msgs.length - 1].id : null;
       const empty = ui.currentId ? v.ready && !msgs.length : true;
+      const [start, end] = windowRange(msgs);
+      const shown = msgs.slice(start, end);
       return h('div', { class: 'scroller', ref: listRef, onScroll, onClick }, [
         h('div', { class: 'thread', 'aria-live': 'off' }, [
           ui.loadingOlder ? h('div', { class: 'muted small center' }, 'Loading earlier messages…') : null,
-          ui.currentId && !v.ready ? h('div', { class: 'loading' }, [h('span'), h('span'), h('span')]) : null,
+          ui.currentId && !v.ready && !v.saved ? h('div', { class: 'loading' }, [h('span'), h('span'), h('span')]) : null,
+          v.saved ? h('div', { class: 'saved-note muted small center', role: 'status' }, 'Showing the copy saved on this device · updating…') : null,
           empty && !ui.missing ? h('div', { class: 'welcome' }, [
             h('h1', 'How can I help?'),
             h('p', { class: 'muted' }, 'Answers stream live to every tab that has this chat open.'),
             h('div', { class: 'suggestions' }, SUGGESTIONS.map((s) => h('button', { type: 'button', class: 'suggestion', onClick: () => { ui.draft = s; focusComposer(); } }, s))),
           ]) : null,
-          ...msgs.map((m) => h(MessageView, { key: m.id, msg: m, last: m.id === lastAnswer, busy: !!v.active })),
+          ...shown.map((m) => h(MessageView, { key: m.id, msg: m, last: m.id === lastAnswer, busy: !!v.active || v.saved })),
         ]),
-        ui.atBottom ? null : h('button', { type: 'button', class: 'jump', 'aria-label': 'Jump to latest', onClick: jumpToLatest }, [Icon(ICONS.down)]),
+        ui.atBottom && !windowEnd.value ? null : h('button', { type: 'button', class: 'jump', 'aria-label': 'Jump to latest', onClick: jumpToLatest }, [Icon(ICONS.down)]),
       ]);
     };
   },
@@ -578,6 +701,8 @@ setInterval(() => { if (!document.hidden) refreshChats(); }, 20000);
 const app = createApp(App);
 app.mount('#app');
 document.getElementById('app').classList.remove('boot');
+const keptChats = saved.loadChats();
+if (keptChats) ui.chats = keptChats; // replaced by the server's list as soon as it answers
 client.connect();
 open(chatFromHash());
 refreshChats().then(() => {

@@ -267,3 +267,44 @@ test('an HTTP error without a JSON body maps to one code by status, wherever it 
   await assert.rejects(client.api('GET', '/api/chats'), (err) => err.code === 'unauthorized');
   client.close();
 });
+test('malformed frames are skipped, announced and reported (rate-limited); the stream goes on', async () => {
+  const WS = fakeWs();
+  const fetch = fakeFetch({ 'GET /healthz': () => json({}), 'POST /api/client-errors': () => json({}, 202) });
+  const client = new ChatcastClient(opts({ WebSocket: WS, fetch, reportsPerMinute: 3 }));
+  const skipped = [];
+  client.on('malformed', (m) => skipped.push(m.why));
+  const st = client.subscribe('c1');
+  const ws = WS.all[0];
+  ws.accept();
+  ws.pong();
+  ws.push({ type: 'snapshot', chat: 'c1', messages: [], active: null });
+  ws.push({ type: 'start', chat: 'c1', gen: 'g1', message: 'a1' });
+  ws.push({ type: 'delta', chat: 'c1', gen: 'g1', seq: 1, text: 'one ' });
+  ws.onmessage({ data: '{"type":"delta", "chat": "c1", "gen": "g1", "seq": 2, "text": "tw' }); // cut short
+  ws.push({ type: 'delta', chat: 'c1', gen: 'g1', seq: 'x', text: 'bad seq' });
+  ws.push({ type: 'delta', chat: 'c1', gen: 'g1', seq: 3, text: { not: 'text' } });
+  ws.push({ type: 'delta', chat: 'c1', gen: 'g1', seq: 4, text: 'two' });
+  ws.push({ type: 'future_event', chat: 'c1', what: 'ignored, not malformed' });
+  ws.push({ type: 'done', chat: 'c1', gen: 'g1', seq: 5, status: 'completed', message: { id: 'a1', status: 'complete' } });
+  assert.equal(st.messages[0].content, 'one two');
+  assert.equal(st.messages[0].status, 'complete');
+  assert.deepEqual(skipped, ['not a JSON event', 'delta without an integer seq', 'delta text is not a string']);
+  await tick(5);
+  const reports = fetch.calls.filter((c) => c.key === 'POST /api/client-errors');
+  assert.equal(reports.length, 3);
+  assert.deepEqual(reports.map((r) => r.body.kind), ['malformed_frame', 'malformed_frame', 'malformed_frame']);
+  assert.equal(reports[1].body.chat_id, 'c1');
+  assert.match(reports[1].body.detail.frame, /"seq":"x"/);
+  // The same problem again within the minute is not reported twice; the limit holds.
+  assert.equal(client.report('malformed_frame', 'delta without an integer seq'), false);
+  assert.equal(client.report('render_error', 'something else'), false);
+  client.close();
+});
+
+test('reports can be turned off', async () => {
+  const fetch = fakeFetch({});
+  const client = new ChatcastClient(opts({ WebSocket: fakeWs(), fetch, errorReports: false }));
+  assert.equal(client.report('render_error', 'x'), false);
+  await tick(2);
+  assert.equal(fetch.calls.length, 0);
+});
