@@ -25,6 +25,7 @@ from server.auth import IdentityMiddleware, origin_allowed
 from server.responses import error_response, plain_error
 from server.services import Services
 from server.settings import Settings
+from server.transports import aisdk
 from server.transports.ws import WebSocketFastPath, ws_endpoint
 
 STATIC = Path(__file__).parent / "static"
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         Route("/openapi.json", openapi, include_in_schema=False),
         WebSocketRoute("/ws", ws_endpoint),
         *api.ROUTES,
+        *aisdk.ROUTES,
         Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
         Mount("/client", StaticFiles(directory=CLIENT_JS, check_dir=False), name="client"),
     ]

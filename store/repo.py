@@ -141,6 +141,29 @@ class Repo:
         async with self.sessions() as s:
             return await _owned_chat(s, user_id, chat_id)
 
+    async def find_chat(self, user_id: str, chat_id: str) -> Chat | None:
+        """The user's chat, None if no chat has this id, NotFound if another user's has."""
+        async with self.sessions() as s:
+            chat = await s.get(Chat, chat_id)
+        if chat is not None and chat.user_id != user_id:
+            raise NotFound("chat")
+        return chat
+
+    async def ensure_chat(self, user_id: str, chat_id: str) -> Chat:
+        """The user's chat with this id, created (empty) if no chat has it yet; another
+        user's is NotFound. For clients that choose their chats' ids themselves."""
+        chat = await self.find_chat(user_id, chat_id)
+        if chat is not None:
+            return chat
+        await self.ensure_user(user_id)
+        async with self.sessions() as s:
+            s.add(Chat(id=chat_id, user_id=user_id))
+            try:
+                await s.commit()
+            except IntegrityError:  # created at the same moment, by this user or another
+                await s.rollback()
+        return await self.get_chat(user_id, chat_id)
+
     async def update_chat(self, user_id: str, chat_id: str, changes: dict[str, Any]) -> Chat:
         async with self.sessions() as s:
             chat = await _owned_chat(s, user_id, chat_id)

@@ -1,0 +1,581 @@
+"""The AI SDK's transports (`ai` 6.x and 7.x), on chatcast's commands and fan-out.
+
+- `POST /api/ai/chat`: `DefaultChatTransport`'s request; the answer streams back as a UI
+  message stream (Server-Sent Events).
+- `GET /api/ai/chat/{id}/stream`: resume; 204 when nothing is generating, else the whole
+  current message from its `start` (same `messageId`), then the live rest.
+- `POST /api/ai/chat/{id}/stop`: stops the chat's generation for everyone.
+- `GET /api/ai/chat/{id}/messages`: the chat's history as `UIMessage`s (for a reload).
+- WebSocket `/api/ai/ws`: `WebSocketChatTransport` (ai >= 7.0.135); `abort` stops.
+
+The AI SDK's chat id is the chatcast chat's id: the chat is created for the caller on first
+use, and another user's chat is `not_found` like everywhere else. chatcast keeps the history
+itself: a request's earlier messages are never read, only its new user message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from server import commands, metrics
+from server.api import OrjsonResponse
+from server.auth import origin_allowed
+from server.codes import Close, Code
+from server.errors import BadRequest, ChatcastError
+from server.hub import Subscriber
+from server.limits import TokenBucket
+from server.protocol import Cursor, Event, describe_validation
+from server.services import Services, services, user_id
+from server.transports.admission import admit, release, retry_after_reason
+from server.transports.aisdk_map import DONE_LINE, HEADERS, HEARTBEAT, Chunk, Follow, sse
+from server.transports.aisdk_map import ui_message as to_ui_message
+from store.models import Generation, message_dict
+
+log = logging.getLogger("chatcast.aisdk")
+
+TRANSPORT = "aisdk"
+#: Request header (also in a WebSocket frame's `headers`) of a client that understands
+#: `finishReason: "interrupted"` (ai >= 7.0.149); others get "other".
+INTERRUPTED_HEADER = "x-chatcast-finish-interrupted"
+#: An aborted resume is a stop unless the same socket resumes the chat again at once: the
+#: AI SDK aborts a resume it replaces (React's strict mode mounts `useChat` twice).
+RESUME_SUPERSEDE_S = 1.0
+WS_QUEUE_FRAMES = 256
+
+ChatId = Annotated[str, StringConstraints(min_length=1, max_length=64,
+                                          pattern=r"^[A-Za-z0-9_-]+$")]
+UiId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class UIPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class UIMessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: UiId | None = None
+    role: str = "user"
+    parts: list[UIPart] = Field(default_factory=list)
+
+
+class ChatIn(BaseModel):
+    """`DefaultChatTransport`'s body (the app's own `body` fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: ChatId
+    messages: list[UIMessageIn] | None = None
+    message: UIMessageIn | None = None  # apps that send only the last message
+    trigger: Literal["submit-message", "regenerate-message"] = "submit-message"
+    messageId: UiId | None = None  # the AI SDK's field names
+
+
+def parse_chat(data: Any) -> ChatIn:
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    if "id" not in data:
+        raise BadRequest("id: the AI SDK chat id is required")
+    try:
+        return ChatIn.model_validate(data)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors()[:3]:
+            loc = ".".join(str(p) for p in err["loc"])
+            parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+        raise BadRequest("; ".join(parts)) from None
+
+
+def check_chat_id(chat: str) -> str:
+    try:
+        ChatIn.model_validate({"id": chat})
+    except ValidationError as exc:
+        raise BadRequest(f"chat id: {describe_validation(exc)}; use 1-64 letters, digits, "
+                         "'_' or '-'") from None
+    return chat
+
+
+def wants_interrupted(headers: Mapping[str, str]) -> bool:
+    value = next((v for k, v in headers.items() if k.lower() == INTERRUPTED_HEADER), "")
+    return value.strip().lower() in ("1", "true", "yes")
+
+
+# -- commands -------------------------------------------------------------------------------
+
+def _user_text(msg: UIMessageIn) -> str:
+    if msg.role != "user":
+        raise BadRequest(f"the last message must be the user's new message, not {msg.role!r}")
+    if any(p.type == "file" for p in msg.parts):
+        raise BadRequest("file parts are not supported: send text")
+    return "\n".join(p.text for p in msg.parts if p.type == "text" and p.text is not None)
+
+
+async def start_turn(svc: Services, user: str, req: ChatIn) -> Generation:
+    """Send the request's new user message (or regenerate the last answer); the
+    generation that answers it."""
+    if req.trigger == "regenerate-message":
+        await svc.repo.get_chat(user, req.id)
+        await _check_regenerate_target(svc, req.id, req.messageId)
+        result = await commands.regenerate(svc, user, req.id, None)
+    else:
+        msg = req.message or (req.messages[-1] if req.messages else None)
+        if msg is None:
+            raise BadRequest("no message: send `messages` (the last one is the new user "
+                             "message) or `message`")
+        if req.messageId is not None:
+            raise BadRequest("editing a sent message is not supported: send a new one")
+        content = _user_text(msg)
+        await svc.repo.ensure_chat(user, req.id)
+        result = await commands.send(svc, user, req.id, content, msg.id)
+        sent = result.get("message")
+        if sent is not None and sent["content"] != content:
+            raise BadRequest(f"message {msg.id} was sent before with another text")
+    gen = await svc.repo.generation(result["gen"])
+    assert gen is not None
+    return gen
+
+
+async def _check_regenerate_target(svc: Services, chat: str, target: str | None) -> None:
+    """Only the last answer can be regenerated (chatcast's history stays one line): the
+    target, if named, is the last user message or one of its answers."""
+    if target is None:
+        return
+    rows, _ = await svc.repo.messages_page(chat, limit=20)
+    last_user = max((i for i, m in enumerate(rows) if m.role == "user"), default=None)
+    if last_user is not None:
+        question = rows[last_user]
+        allowed = {question.id, question.client_msg_id, *(m.id for m in rows[last_user + 1:])}
+        if target in allowed:
+            return
+    raise BadRequest(f"message {target} cannot be regenerated: only the last answer can")
+
+
+async def stop_chat(svc: Services, user: str, chat: str) -> dict[str, Any]:
+    return await commands.stop(svc, user, None, check_chat_id(chat))
+
+
+# -- following a generation -----------------------------------------------------------------
+
+@dataclass
+class Stream:
+    """A subscription to a chat that follows one generation as UI message chunks."""
+
+    svc: Services
+    chat: str
+    follow: Follow
+    sub: Subscriber
+    opening: list[Chunk]
+    pending: list[Event] = field(default_factory=list)
+
+    def first(self) -> list[Chunk]:
+        """The opening chunks and whatever the subscription already brought."""
+        out, self.opening = self.opening, []
+        for event in self.pending:
+            out += self.follow.feed(event.data)
+        self.pending.clear()
+        return out
+
+    async def chunks(self) -> AsyncIterator[list[Chunk]]:
+        """Each batch's chunks until the generation's end; [] after a heartbeat interval
+        with nothing. Ends early (unfinished) when the server shuts down."""
+        svc, fol = self.svc, self.follow
+        try:
+            while not fol.finished and not svc.shutting_down.is_set():
+                try:
+                    async with asyncio.timeout(svc.settings.sse_heartbeat_s):
+                        batch = await self.sub.next_batch()
+                except TimeoutError:
+                    yield []
+                    continue
+                if self.sub.overflowed:
+                    # Too slow a reader: pick up from this stream's own position.
+                    await self._resubscribe()
+                    continue
+                out: list[Chunk] = []
+                for event in batch:
+                    out += fol.feed(event.data)
+                if out:
+                    yield out
+                if self.sub.close_code is not None:
+                    return
+        finally:
+            self.close()
+
+    async def _resubscribe(self) -> None:
+        self.svc.hub.drop(self.sub)
+        self.sub = self.svc.subscriber(TRANSPORT)
+        await self.svc.hub.subscribe(self.sub, self.chat,
+                                     Cursor(gen=self.follow.gen, seq=self.follow.seq))
+
+    def close(self) -> None:
+        self.svc.hub.drop(self.sub)
+
+
+async def follow_new(svc: Services, gen: Generation, interrupted: bool) -> Stream:
+    """Follow a generation just started, from its beginning."""
+    sub = svc.subscriber(TRANSPORT)
+    await svc.hub.subscribe(sub, gen.chat_id, Cursor(gen=gen.id, seq=0))
+    fol = Follow(gen.id, gen.message_id, gen.chat_id, gen.provider, gen.model, interrupted)
+    return Stream(svc, gen.chat_id, fol, sub, fol.opening(), sub.drain())
+
+
+async def follow_active(svc: Services, user: str, chat: str,
+                        interrupted: bool) -> Stream | None:
+    """Follow the chat's generation in progress from its message's start; None if none."""
+    if await svc.repo.find_chat(user, check_chat_id(chat)) is None:
+        return None  # a chat not used yet: nothing is generating in it
+    if await svc.repo.active_generation(chat) is None:
+        return None
+    sub = svc.subscriber(TRANSPORT)
+    await svc.hub.subscribe(sub, chat, None)  # first comes a snapshot: the whole message
+    events = sub.drain()
+    snap = next((e for e in events if e.type == "snapshot"), None)
+    active = snap.data.get("active") if snap is not None else None
+    if not active:
+        svc.hub.drop(sub)
+        return None
+    fol = Follow(active["gen"], active["message"], chat, active.get("provider", ""),
+                 active.get("model", ""), interrupted)
+    opening = fol.opening(active.get("content", ""), active.get("reasoning", ""),
+                          int(active.get("seq", 0)))
+    return Stream(svc, chat, fol, sub, opening, [e for e in events if e is not snap])
+
+
+# -- HTTP -----------------------------------------------------------------------------------
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+async def chat_endpoint(request: Request) -> Response:
+    """
+    summary: "AI SDK: send (or regenerate) and stream the answer as a UI message stream"
+    responses:
+      200: {description: "text/event-stream of UI message chunks"}
+    """
+    svc, user = services(request), user_id(request)
+    req = parse_chat(await _json(request))
+    gen = await start_turn(svc, user, req)
+    stream = await follow_new(svc, gen, wants_interrupted(request.headers))
+    return _sse_response(stream)
+
+
+async def stream_endpoint(request: Request) -> Response:
+    """
+    summary: "AI SDK: resume the chat's answer in progress (204 when none)"
+    responses:
+      200: {description: "the whole current message, then the live rest"}
+      204: {description: nothing is generating}
+    """
+    svc, user = services(request), user_id(request)
+    stream = await follow_active(svc, user, request.path_params["chat"],
+                                 wants_interrupted(request.headers))
+    if stream is None:
+        return Response(status_code=204)
+    return _sse_response(stream)
+
+
+async def stop_endpoint(request: Request) -> Response:
+    """
+    summary: "AI SDK: stop the chat's answer for everyone (idempotent)"
+    responses:
+      200: {description: "{gen, status}"}
+    """
+    svc, user = services(request), user_id(request)
+    return OrjsonResponse(await stop_chat(svc, user, request.path_params["chat"]))
+
+
+async def messages_endpoint(request: Request) -> Response:
+    """
+    summary: "AI SDK: the chat's history as UIMessages (newest page; `before`, `limit`)"
+    responses:
+      200: {description: "{messages: [UIMessage], has_more}"}
+    """
+    svc, user = services(request), user_id(request)
+    chat = check_chat_id(request.path_params["chat"])
+    if await svc.repo.find_chat(user, chat) is None:
+        return OrjsonResponse({"messages": [], "has_more": False})
+    try:
+        limit = max(1, min(int(request.query_params.get("limit", "100")), 200))
+    except ValueError:
+        raise BadRequest("limit must be an integer") from None
+    rows, has_more = await svc.repo.messages_page(chat, request.query_params.get("before"),
+                                                  limit)
+    active = await svc.repo.active_with_message(chat)
+    out = [message_dict(m) for m in rows]
+    if active is not None:  # the answer in progress: its text so far, not the checkpoint
+        state = await svc.replay._active_state(*active)
+        for m in out:
+            if m["id"] == state["message"]:
+                m["content"] = state["content"]
+                if "reasoning" in state:
+                    m["reasoning"] = state["reasoning"]
+    return OrjsonResponse({"messages": [to_ui_message(m) for m in out], "has_more": has_more})
+
+
+def _sse_response(stream: Stream) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        frames = metrics.FRAMES_SENT.labels(TRANSPORT)
+        metrics.CLIENTS.labels(TRANSPORT).inc()
+        try:
+            first = stream.first()
+            yield b"".join(sse(c) for c in first)
+            frames.inc(len(first))
+            async for chunks in stream.chunks():
+                if not chunks:
+                    yield HEARTBEAT
+                    continue
+                yield b"".join(sse(c) for c in chunks)
+                frames.inc(len(chunks))
+            if stream.follow.finished:
+                yield DONE_LINE
+        finally:
+            stream.close()
+            metrics.CLIENTS.labels(TRANSPORT).dec()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=HEADERS)
+
+
+# -- WebSocket ------------------------------------------------------------------------------
+
+class WsFrame(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["send", "resume", "abort"]
+    requestId: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass
+class _Request:
+    kind: str
+    chat: str
+    task: asyncio.Task[None] | None = None
+    gen: str | None = None  # the generation it follows, once known
+
+
+_deferred: set[asyncio.Task[None]] = set()  # stops that outlive their socket
+
+
+async def ws_endpoint(ws: WebSocket) -> None:
+    svc = services(ws)
+    if svc.shutting_down.is_set():
+        await ws.close(Close.GOING_AWAY)
+        return
+    if not origin_allowed(ws, svc.settings.allowed_origins):
+        log.info("websocket refused: foreign origin", extra={"origin": ws.headers.get("origin")})
+        await ws.close(Close.POLICY)  # before accept: the handshake is answered 403
+        return
+    user = await admit(ws, svc)
+    if user is None:
+        return
+    metrics.CLIENTS.labels(TRANSPORT).inc()
+    try:
+        await _WsConnection(ws, svc, user).run()
+    finally:
+        release(svc, user)
+        metrics.CLIENTS.labels(TRANSPORT).dec()
+
+
+class _WsConnection:
+    def __init__(self, ws: WebSocket, svc: Services, user: str) -> None:
+        self.ws, self.svc, self.user = ws, svc, user
+        self.out: asyncio.Queue[dict[str, Any]] = asyncio.Queue(WS_QUEUE_FRAMES)
+        self.requests: dict[str, _Request] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._write())
+        closer = asyncio.create_task(self.svc.shutting_down.wait())
+        reader = asyncio.create_task(self._read())
+        try:
+            done, _ = await asyncio.wait({writer, closer, reader},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            closing: tuple[int, str] | None = None
+            if closer in done:
+                closing = (Close.GOING_AWAY, "server shutting down: reconnect")
+            elif reader in done and not reader.cancelled() and reader.exception() is None:
+                closing = reader.result()
+        finally:
+            for task in (writer, closer, reader, *self.tasks):
+                task.cancel()
+            await asyncio.gather(writer, closer, reader, *self.tasks, return_exceptions=True)
+        if closing is not None:
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
+                await self.ws.close(*closing)
+
+    async def _write(self) -> None:
+        frames = metrics.FRAMES_SENT.labels(TRANSPORT)
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+            while True:
+                frame = await self.out.get()
+                await self.ws.send_text(orjson.dumps(frame).decode())
+                frames.inc()
+
+    async def _read(self) -> tuple[int, str] | None:
+        settings = self.svc.settings
+        bucket = TokenBucket(settings.ws_frames_per_s, settings.ws_frame_burst)
+        while True:
+            idle = settings.ws_idle_timeout_s if not self.requests and \
+                settings.ws_idle_timeout_s > 0 else None
+            try:
+                async with asyncio.timeout(idle):
+                    message = await self.ws.receive()
+            except TimeoutError:
+                return Close.GOING_AWAY, "idle: no requests"
+            if message["type"] == "websocket.disconnect":
+                return None
+            wait = bucket.take()
+            if wait > 0:
+                metrics.RATE_LIMITED.labels("frames").inc()
+                return Close.RATE_LIMITED, retry_after_reason(max(wait, 1.0))
+            raw = message.get("text") or message.get("bytes") or b""
+            self._handle(raw)
+
+    def _handle(self, raw: str | bytes) -> None:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+        rid = data.get("requestId") if isinstance(data, dict) else None
+        try:
+            frame = WsFrame.model_validate(data)
+        except ValidationError as exc:
+            if isinstance(rid, str):  # a frame without a requestId cannot be answered
+                self._error(rid, BadRequest(describe_validation(exc) or "invalid frame"))
+            else:
+                log.info("AI SDK websocket: unreadable frame ignored")
+            return
+        if frame.type == "abort":
+            self._abort(frame.requestId)
+            return
+        if frame.requestId in self.requests:
+            self._error(frame.requestId, BadRequest("requestId is already in use"))
+            return
+        chat = data.get("id") if isinstance(data, dict) else None
+        req = _Request(frame.type, chat if isinstance(chat, str) else "")
+        self.requests[frame.requestId] = req
+        interrupted = wants_interrupted(frame.headers)
+        if frame.type == "send":
+            coro = self._send(frame.requestId, req, data, interrupted)
+        else:
+            coro = self._resume(frame.requestId, req, interrupted)
+        req.task = self._spawn(coro)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def _error(self, rid: str, exc: ChatcastError) -> None:
+        self.requests.pop(rid, None)
+        self._put({"type": "error", "requestId": rid, "errorText": exc.message,
+                   "code": str(exc.code)})
+
+    def _put(self, frame: dict[str, Any]) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # the writer is stuck: socket closes
+            self.out.put_nowait(frame)
+
+    async def _send(self, rid: str, req: _Request, data: dict[str, Any],
+                    interrupted: bool) -> None:
+        async def begin() -> Stream | None:
+            gen = await start_turn(self.svc, self.user, parse_chat(data))
+            req.gen = gen.id
+            return await follow_new(self.svc, gen, interrupted)
+        await self._serve(rid, req, begin)
+
+    async def _resume(self, rid: str, req: _Request, interrupted: bool) -> None:
+        async def begin() -> Stream | None:
+            stream = await follow_active(self.svc, self.user, req.chat, interrupted)
+            if stream is not None:
+                req.gen = stream.follow.gen
+            return stream
+        await self._serve(rid, req, begin)
+
+    async def _serve(self, rid: str, req: _Request,
+                     begin: Callable[[], Any]) -> None:
+        try:
+            stream: Stream | None = await begin()
+        except ChatcastError as exc:
+            self._error(rid, exc)
+            return
+        except Exception:
+            log.exception("AI SDK websocket request failed")
+            self._error(rid, ChatcastError("internal error", code=Code.INTERNAL))
+            return
+        if stream is None:
+            self.requests.pop(rid, None)
+            await self.out.put({"type": "no-active", "requestId": rid})
+            return
+        try:
+            await self.out.put({"type": "start", "requestId": rid})
+            sequence = 0
+            for chunk in stream.first():
+                await self.out.put({"type": "chunk", "requestId": rid, "sequence": sequence,
+                                    "chunk": chunk})
+                sequence += 1
+            async for chunks in stream.chunks():
+                for chunk in chunks:
+                    await self.out.put({"type": "chunk", "requestId": rid,
+                                        "sequence": sequence, "chunk": chunk})
+                    sequence += 1
+            if stream.follow.finished:
+                await self.out.put({"type": "end", "requestId": rid})
+        finally:
+            stream.close()
+            if self.requests.get(rid) is req:
+                del self.requests[rid]
+
+    def _abort(self, rid: str) -> None:
+        """The client's `abort`: a real stop of the generation the request follows."""
+        req = self.requests.pop(rid, None)
+        if req is None:
+            return
+        if req.task is not None:
+            req.task.cancel()
+        if req.gen is None:
+            return
+        if req.kind == "send":
+            self._stop_later(req.gen, 0.0)
+        else:
+            self._stop_later(req.gen, RESUME_SUPERSEDE_S, req.chat)
+
+    def _stop_later(self, gen: str, after_s: float, chat: str | None = None) -> None:
+        async def stop() -> None:
+            if after_s:
+                await asyncio.sleep(after_s)
+                if any(r.chat == chat for r in self.requests.values()):
+                    return  # resumed again on this socket: that abort only replaced it
+            try:
+                await commands.stop(self.svc, self.user, gen, None)
+            except ChatcastError as exc:
+                log.info("AI SDK abort: stop refused", extra={"gen": gen,
+                                                              "reason": exc.message})
+        task = asyncio.get_running_loop().create_task(stop())
+        _deferred.add(task)
+        task.add_done_callback(_deferred.discard)
+
+
+ROUTES: list[BaseRoute] = [
+    Route("/api/ai/chat", chat_endpoint, methods=["POST"]),
+    Route("/api/ai/chat/{chat}/stream", stream_endpoint, methods=["GET"]),
+    Route("/api/ai/chat/{chat}/stop", stop_endpoint, methods=["POST"]),
+    Route("/api/ai/chat/{chat}/messages", messages_endpoint, methods=["GET"]),
+    WebSocketRoute("/api/ai/ws", ws_endpoint),
+]
