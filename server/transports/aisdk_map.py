@@ -173,7 +173,8 @@ def ui_message(msg: dict[str, Any]) -> dict[str, Any]:
     """A chatcast message (as `message_dict` shows it) as the `UIMessage` an AI SDK app
     keeps: a user message under the id its client gave it (`client_msg_id`), an answer
     under its chatcast id (the `messageId` its stream had), the same parts its stream
-    built, and chatcast's ids, status and usage as metadata."""
+    built, and chatcast's ids, status and usage as metadata (the status in the words the
+    stream's metadata uses: `streaming`, `completed`, `stopped`, `error`, `interrupted`)."""
     role = str(msg.get("role"))
     parts: list[dict[str, Any]] = []
     if role == "assistant":
@@ -189,8 +190,10 @@ def ui_message(msg: dict[str, Any]) -> dict[str, Any]:
         parts.append(text_part)
     ui_id = msg.get("client_msg_id") if role == "user" and msg.get("client_msg_id") \
         else msg.get("id")
+    status = msg.get("status")
     meta: dict[str, Any] = {"chat": msg.get("chat"), "id": msg.get("id"),
-                            "gen": msg.get("gen"), "status": msg.get("status"),
+                            "gen": msg.get("gen"),
+                            "status": MESSAGE_TO_TERMINAL.get(str(status), status),
                             "created_at": msg.get("created_at")}
     if msg.get("usage"):
         meta["usage"] = msg["usage"]

@@ -143,7 +143,7 @@ def test_history_as_ui_messages() -> None:
     user = ui_message({"id": "01a", "chat": "c1", "role": "user", "content": "hi",
                        "status": "complete", "gen": "g1", "client_msg_id": "ui-1"})
     assert user["id"] == "ui-1" and user["parts"] == [{"type": "text", "text": "hi"}]
-    assert user["metadata"]["id"] == "01a"
+    assert user["metadata"]["id"] == "01a" and user["metadata"]["status"] == "completed"
     answer = ui_message({"id": "m1", "chat": "c1", "role": "assistant", "content": "yo",
                          "status": "streaming", "gen": "g1", "usage": None})
     assert answer["id"] == "m1" and answer["role"] == "assistant"
