@@ -36,7 +36,7 @@ from server.codes import Close, Code
 from server.errors import BadRequest, ChatcastError
 from server.hub import Subscriber
 from server.limits import TokenBucket
-from server.protocol import Cursor, Event, describe_validation
+from server.protocol import Cursor, Event, check_content, describe_validation
 from server.services import Services, services, user_id
 from server.transports.admission import admit, release, retry_after_reason
 from server.transports.aisdk_map import DONE_LINE, HEADERS, HEARTBEAT, Chunk, Follow, sse
@@ -136,8 +136,8 @@ async def start_turn(svc: Services, user: str, req: ChatIn) -> Generation:
                              "message) or `message`")
         if req.messageId is not None:
             raise BadRequest("editing a sent message is not supported: send a new one")
-        content = _user_text(msg)
-        await svc.repo.ensure_chat(user, req.id)
+        content = check_content(_user_text(msg), svc.settings.max_message_chars)
+        await svc.repo.ensure_chat(user, req.id)  # only for a request that can be sent
         result = await commands.send(svc, user, req.id, content, msg.id)
         sent = result.get("message")
         if sent is not None and sent["content"] != content:
