@@ -317,15 +317,15 @@ async def messages_endpoint(request: Request) -> Response:
         raise BadRequest("limit must be an integer") from None
     rows, has_more = await svc.repo.messages_page(chat, request.query_params.get("before"),
                                                   limit)
-    active = await svc.repo.active_with_message(chat)
     out = [message_dict(m) for m in rows]
-    if active is not None:  # the answer in progress: its text so far, not the checkpoint
-        state = await svc.replay._active_state(*active)
+    if any(m["status"] == "streaming" for m in out):
+        # the answer in progress: all of it so far, not only its last checkpoint
+        active = (await svc.replay.snapshot(chat)).data.get("active") or {}
         for m in out:
-            if m["id"] == state["message"]:
-                m["content"] = state["content"]
-                if "reasoning" in state:
-                    m["reasoning"] = state["reasoning"]
+            if m["id"] == active.get("message"):
+                m["content"] = active.get("content", m["content"])
+                if "reasoning" in active:
+                    m["reasoning"] = active["reasoning"]
     return OrjsonResponse({"messages": [to_ui_message(m) for m in out], "has_more": has_more})
 
 

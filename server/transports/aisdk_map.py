@@ -7,6 +7,10 @@ ui-message-stream/ui-message-chunks.ts`); the client validates every chunk and f
 chat on an unknown one, so nothing else is ever sent. `finishReason: "interrupted"` exists
 only from ai 7.0.149 on and makes an older client fail: it is sent only when asked for.
 
+Reasoning (docs/protocol.md, Reasoning) is a delta with `part: "reasoning"` and its text
+in `reasoning`; each run of it becomes a `reasoning-start`, `reasoning-delta`s and a
+`reasoning-end` before the text that follows it.
+
 `Follow` is fed the chatcast events a subscriber of the chat receives (deltas, done,
 snapshots) and keeps to one generation: what it has emitted so far (per part), so a
 snapshot or the final `done` only ever adds the text still missing, and a replayed delta is
@@ -42,10 +46,12 @@ def sse(chunk: Chunk) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
-def part_of(event: dict[str, Any]) -> str:
-    """Which part of the answer a delta adds to: reasoning deltas are marked as such,
-    anything else (every delta of a server without reasoning) is answer text."""
-    return REASONING if event.get("part") == REASONING else TEXT
+def delta_part(event: dict[str, Any]) -> tuple[str, str]:
+    """(part, text) of a delta: a reasoning delta (`part: "reasoning"`) carries its text in
+    `reasoning`; any other delta is answer text, in `text` (docs/protocol.md, Reasoning)."""
+    if event.get("part") == REASONING:
+        return REASONING, str(event.get("reasoning") or "")
+    return TEXT, str(event.get("text") or "")
 
 
 @dataclass
@@ -88,7 +94,7 @@ class Follow:
             if seq <= self.seq:
                 return []  # already applied (a replay overlapping the live stream)
             self.seq = seq
-            return self._add(part_of(event), str(event.get("text", "")), delta=True)
+            return self._add(*delta_part(event))
         if kind == "done" and event.get("gen") == self.gen:
             msg = event.get("message") or {}
             return self._catch_up(msg) + self._finish(
@@ -123,7 +129,7 @@ class Follow:
             return []
         return self._add(part, whole[self.emitted[part]:])
 
-    def _add(self, part: str, text: str, *, delta: bool = False) -> list[Chunk]:
+    def _add(self, part: str, text: str) -> list[Chunk]:
         if not text:
             return []
         out: list[Chunk] = []
@@ -197,4 +203,7 @@ def ui_message(msg: dict[str, Any]) -> dict[str, Any]:
                             "created_at": msg.get("created_at")}
     if msg.get("usage"):
         meta["usage"] = msg["usage"]
+    for when in ("reasoning_started_at", "reasoning_ended_at"):  # "Thought for N s"
+        if msg.get(when):
+            meta[when] = msg[when]
     return {"id": ui_id, "role": role, "parts": parts, "metadata": meta}

@@ -8,7 +8,13 @@ from server.transports.aisdk_map import Follow, sse, ui_message
 
 
 def delta(seq: int, text: str, gen: str = "g1", **extra: Any) -> dict[str, Any]:
-    return {"type": "delta", "chat": "c1", "gen": gen, "seq": seq, "text": text, **extra}
+    return {"type": "delta", "chat": "c1", "gen": gen, "seq": seq, "part": "text",
+            "text": text, **extra}
+
+
+def thought(seq: int, text: str) -> dict[str, Any]:
+    return {"type": "delta", "chat": "c1", "gen": "g1", "seq": seq, "part": "reasoning",
+            "text": "", "reasoning": text}
 
 
 def done(seq: int, status: str, content: str, **extra: Any) -> dict[str, Any]:
@@ -118,8 +124,7 @@ def test_interrupted_is_other_unless_the_client_asked() -> None:
 def test_reasoning_is_its_own_part_before_the_text() -> None:
     f = follow()
     out = f.opening()
-    out += f.feed(delta(1, "thinking ", part="reasoning"))
-    out += f.feed(delta(2, "hard", part="reasoning"))
+    out += f.feed(thought(1, "thinking ")) + f.feed(thought(2, "hard"))
     out += f.feed(delta(3, "Answer"))
     out += f.feed(done(4, "completed", "Answer"))
     assert types(out) == ["start", "start-step", "reasoning-start", "reasoning-delta",
@@ -128,6 +133,24 @@ def test_reasoning_is_its_own_part_before_the_text() -> None:
     assert text_of(out, "reasoning") == "thinking hard" and text_of(out) == "Answer"
     ids = {c["type"]: c["id"] for c in out if "id" in c}
     assert ids["reasoning-start"] == ids["reasoning-end"] != ids["text-start"]
+
+
+def test_reasoning_after_the_answer_began_opens_another_run() -> None:
+    f = follow()
+    out = f.opening() + f.feed(thought(1, "a")) + f.feed(delta(2, "B"))
+    out += f.feed(thought(3, "c")) + f.feed(delta(4, "D"))
+    out += f.feed(done(5, "completed", "BD", ))
+    runs = [c["id"] for c in out if c["type"].endswith("-start") and c["type"] != "start"]
+    assert runs == ["reasoning-1", "text-2", "reasoning-3", "text-4"]
+    assert text_of(out, "reasoning") == "ac" and text_of(out) == "BD"
+
+
+def test_done_fills_in_reasoning_not_seen() -> None:
+    f = follow()
+    out = f.opening() + f.feed(thought(1, "th"))
+    msg = {"id": "m1", "content": "", "reasoning": "thought long"}
+    out += f.feed({"type": "done", "gen": "g1", "seq": 3, "status": "stopped", "message": msg})
+    assert text_of(out, "reasoning") == "thought long" and "text-start" not in types(out)
 
 
 def test_resume_replays_reasoning_and_text_so_far() -> None:
@@ -151,3 +174,10 @@ def test_history_as_ui_messages() -> None:
                                {"type": "text", "text": "yo", "state": "streaming"}]
     empty = ui_message({"id": "m2", "role": "assistant", "content": "", "status": "error"})
     assert empty["parts"] == [{"type": "step-start"}]
+    thinker = ui_message({"id": "m3", "role": "assistant", "content": "A", "status": "complete",
+                          "reasoning": "R", "reasoning_started_at": "t0",
+                          "reasoning_ended_at": "t1"})
+    assert thinker["parts"] == [{"type": "step-start"},
+                                {"type": "reasoning", "text": "R", "state": "done"},
+                                {"type": "text", "text": "A", "state": "done"}]
+    assert thinker["metadata"]["reasoning_ended_at"] == "t1"
