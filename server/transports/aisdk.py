@@ -39,8 +39,15 @@ from server.limits import TokenBucket
 from server.protocol import Cursor, Event, check_content, describe_validation
 from server.services import Services, services, user_id
 from server.transports.admission import admit, release, retry_after_reason
-from server.transports.aisdk_map import DONE_LINE, HEADERS, HEARTBEAT, Chunk, Follow, sse
-from server.transports.aisdk_map import ui_message as to_ui_message
+from server.transports.aisdk_map import (
+    DONE_LINE,
+    HEADERS,
+    HEARTBEAT,
+    Chunk,
+    Follow,
+    sse,
+    ui_history,
+)
 from store.models import Generation, message_dict
 
 log = logging.getLogger("chatcast.aisdk")
@@ -326,7 +333,7 @@ async def messages_endpoint(request: Request) -> Response:
                 m["content"] = active.get("content", m["content"])
                 if "reasoning" in active:
                     m["reasoning"] = active["reasoning"]
-    return OrjsonResponse({"messages": [to_ui_message(m) for m in out], "has_more": has_more})
+    return OrjsonResponse({"messages": ui_history(out), "has_more": has_more})
 
 
 def _sse_response(stream: Stream) -> StreamingResponse:
@@ -367,6 +374,7 @@ class _Request:
     chat: str
     task: asyncio.Task[None] | None = None
     gen: str | None = None  # the generation it follows, once known
+    aborted: bool = False  # by the client, maybe before `gen` was known
 
 
 _deferred: set[asyncio.Task[None]] = set()  # stops that outlive their socket
@@ -519,6 +527,11 @@ class _WsConnection:
             log.exception("AI SDK websocket request failed")
             self._error(rid, ChatcastError("internal error", code=Code.INTERNAL))
             return
+        if req.aborted:  # while it started: stop what it started, send nothing
+            if stream is not None:
+                stream.close()
+                self._stop(req)
+            return
         if stream is None:
             self.requests.pop(rid, None)
             await self.out.put({"type": "no-active", "requestId": rid})
@@ -543,14 +556,20 @@ class _WsConnection:
                 del self.requests[rid]
 
     def _abort(self, rid: str) -> None:
-        """The client's `abort`: a real stop of the generation the request follows."""
+        """The client's `abort`: a real stop of the generation the request follows (once
+        it is known: a request still starting stops what it started, in `_serve`)."""
         req = self.requests.pop(rid, None)
         if req is None:
             return
-        if req.task is not None:
-            req.task.cancel()
+        req.aborted = True
         if req.gen is None:
             return
+        if req.task is not None:
+            req.task.cancel()
+        self._stop(req)
+
+    def _stop(self, req: _Request) -> None:
+        assert req.gen is not None
         if req.kind == "send":
             self._stop_later(req.gen, 0.0)
         else:

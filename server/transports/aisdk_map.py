@@ -207,3 +207,12 @@ def ui_message(msg: dict[str, Any]) -> dict[str, Any]:
         if msg.get(when):
             meta[when] = msg[when]
     return {"id": ui_id, "role": role, "parts": parts, "metadata": meta}
+
+
+def ui_history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A page of chatcast's history as `UIMessage`s. Of several answers to one question
+    (regenerated), only the newest: what the page showed, and what the model sees."""
+    kept = [m for i, m in enumerate(messages)
+            if not (m.get("role") == "assistant" and i + 1 < len(messages)
+                    and messages[i + 1].get("role") == "assistant")]
+    return [ui_message(m) for m in kept]

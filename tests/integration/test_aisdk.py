@@ -291,3 +291,20 @@ async def test_websocket_frames(alice: User) -> None:
         frames = await frames_until(ws, "r5", "end")
         assert frames[-1]["type"] == "end"
     assert len(await alice.messages("wschat")) == 2  # r5 repeated r1's message: one turn
+
+
+async def test_websocket_abort_right_after_send_stops_it(alice: User) -> None:
+    """An abort that comes while the send is still starting stops what it started."""
+    url = alice.srv.url.replace("http", "ws") + "/api/ai/ws"
+    async with connect(url, proxy=None, additional_headers={"Cookie": alice.cookie}) as ws:
+        send = {"type": "send", "requestId": "a1", "id": "wsabort", "trigger": "submit-message",
+                "messages": [user_message("Tell me a long story")], "headers": {}, "body": {}}
+        await ws.send(orjson.dumps(send).decode())
+        await ws.send(orjson.dumps({"type": "abort", "requestId": "a1"}).decode())
+        for _ in range(200):
+            msgs = await alice.messages("wsabort") if (await alice.http.get(
+                "/api/chats/wsabort")).status_code == 200 else []
+            if len(msgs) == 2 and msgs[1]["status"] != "streaming":
+                break
+            await asyncio.sleep(0.05)
+        assert msgs[1]["status"] == "stopped"

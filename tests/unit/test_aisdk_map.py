@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.transports.aisdk_map import Follow, sse, ui_message
+from server.transports.aisdk_map import Follow, sse, ui_history, ui_message
 
 
 def delta(seq: int, text: str, gen: str = "g1", **extra: Any) -> dict[str, Any]:
@@ -181,3 +181,12 @@ def test_history_as_ui_messages() -> None:
                                 {"type": "reasoning", "text": "R", "state": "done"},
                                 {"type": "text", "text": "A", "state": "done"}]
     assert thinker["metadata"]["reasoning_ended_at"] == "t1"
+
+
+def test_history_keeps_the_newest_of_regenerated_answers() -> None:
+    rows = [{"id": "q1", "role": "user", "content": "q"},
+            {"id": "a1", "role": "assistant", "content": "old", "status": "complete"},
+            {"id": "a2", "role": "assistant", "content": "new", "status": "complete"},
+            {"id": "q2", "role": "user", "content": "q2"},
+            {"id": "a3", "role": "assistant", "content": "x", "status": "streaming"}]
+    assert [m["id"] for m in ui_history(rows)] == ["q1", "a2", "q2", "a3"]

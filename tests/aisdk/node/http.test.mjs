@@ -50,6 +50,9 @@ for (const [name, ai] of [['ai 6', ai6], ['ai 7', ai7]]) {
       assert.equal(again.id, after[2].id);
       assert.equal(textOf(again), after[2].content);
       assert.equal(after[2].status, 'complete');
+      // after a reload the page gets what it shows now: the newest answer only
+      assert.deepEqual((await browser.uiMessages(id)).map((m) => m.id),
+        chat.messages.map((m) => m.id));
 
       // a second question continues the same chatcast chat
       await chat.sendMessage({ text: 'echo: and one more' });
