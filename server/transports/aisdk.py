@@ -10,7 +10,8 @@
 
 The AI SDK's chat id is the chatcast chat's id: the chat is created for the caller on first
 use, and another user's chat is `not_found` like everywhere else. chatcast keeps the history
-itself: a request's earlier messages are never read, only its new user message.
+itself: a request's earlier messages are never read, only its new user message (what a
+request does is in server/aisdk_turns.py; this module is its I/O).
 """
 
 from __future__ import annotations
@@ -30,25 +31,24 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import commands, metrics
-from server.api import OrjsonResponse
-from server.auth import origin_allowed
-from server.codes import Close, Code
-from server.errors import BadRequest, ChatcastError
-from server.hub import Subscriber
-from server.limits import TokenBucket
-from server.protocol import Cursor, Event, check_content, describe_validation
-from server.services import Services, services, user_id
-from server.transports.admission import admit, release, retry_after_reason
-from server.transports.aisdk_map import (
+from server.aisdk_map import (
     DONE_LINE,
     HEADERS,
     HEARTBEAT,
     Chunk,
     Follow,
     sse,
-    ui_history,
 )
-from store.models import Generation, message_dict
+from server.aisdk_turns import Turn, check_chat_id, history, parse_chat, start_turn, stop_chat
+from server.api import OrjsonResponse
+from server.auth import origin_allowed
+from server.codes import Close, Code
+from server.errors import BadRequest, ChatcastError
+from server.hub import Subscriber
+from server.limits import TokenBucket
+from server.protocol import Cursor, Event, describe_validation
+from server.services import Services, services, user_id
+from server.transports.admission import admit, release, retry_after_reason
 
 log = logging.getLogger("chatcast.aisdk")
 
@@ -61,116 +61,9 @@ INTERRUPTED_HEADER = "x-chatcast-finish-interrupted"
 RESUME_SUPERSEDE_S = 1.0
 WS_QUEUE_FRAMES = 256
 
-ChatId = Annotated[str, StringConstraints(min_length=1, max_length=64,
-                                          pattern=r"^[A-Za-z0-9_-]+$")]
-UiId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-
-
-class UIPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
-
-
-class UIMessageIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: UiId | None = None
-    role: str = "user"
-    parts: list[UIPart] = Field(default_factory=list)
-
-
-class ChatIn(BaseModel):
-    """`DefaultChatTransport`'s body (the app's own `body` fields are ignored)."""
-
-    model_config = ConfigDict(extra="ignore")
-    id: ChatId
-    messages: list[UIMessageIn] | None = None
-    message: UIMessageIn | None = None  # apps that send only the last message
-    trigger: Literal["submit-message", "regenerate-message"] = "submit-message"
-    messageId: UiId | None = None  # the AI SDK's field names
-
-
-def parse_chat(data: Any) -> ChatIn:
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    if "id" not in data:
-        raise BadRequest("id: the AI SDK chat id is required")
-    try:
-        return ChatIn.model_validate(data)
-    except ValidationError as exc:
-        parts = []
-        for err in exc.errors()[:3]:
-            loc = ".".join(str(p) for p in err["loc"])
-            parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-        raise BadRequest("; ".join(parts)) from None
-
-
-def check_chat_id(chat: str) -> str:
-    try:
-        ChatIn.model_validate({"id": chat})
-    except ValidationError as exc:
-        raise BadRequest(f"chat id: {describe_validation(exc)}; use 1-64 letters, digits, "
-                         "'_' or '-'") from None
-    return chat
-
-
 def wants_interrupted(headers: Mapping[str, str]) -> bool:
     value = next((v for k, v in headers.items() if k.lower() == INTERRUPTED_HEADER), "")
     return value.strip().lower() in ("1", "true", "yes")
-
-
-# -- commands -------------------------------------------------------------------------------
-
-def _user_text(msg: UIMessageIn) -> str:
-    if msg.role != "user":
-        raise BadRequest(f"the last message must be the user's new message, not {msg.role!r}")
-    if any(p.type == "file" for p in msg.parts):
-        raise BadRequest("file parts are not supported: send text")
-    return "\n".join(p.text for p in msg.parts if p.type == "text" and p.text is not None)
-
-
-async def start_turn(svc: Services, user: str, req: ChatIn) -> Generation:
-    """Send the request's new user message (or regenerate the last answer); the
-    generation that answers it."""
-    if req.trigger == "regenerate-message":
-        await svc.repo.get_chat(user, req.id)
-        await _check_regenerate_target(svc, req.id, req.messageId)
-        result = await commands.regenerate(svc, user, req.id, None)
-    else:
-        msg = req.message or (req.messages[-1] if req.messages else None)
-        if msg is None:
-            raise BadRequest("no message: send `messages` (the last one is the new user "
-                             "message) or `message`")
-        if req.messageId is not None:
-            raise BadRequest("editing a sent message is not supported: send a new one")
-        content = check_content(_user_text(msg), svc.settings.max_message_chars)
-        await svc.repo.ensure_chat(user, req.id)  # only for a request that can be sent
-        result = await commands.send(svc, user, req.id, content, msg.id)
-        sent = result.get("message")
-        if sent is not None and sent["content"] != content:
-            raise BadRequest(f"message {msg.id} was sent before with another text")
-    gen = await svc.repo.generation(result["gen"])
-    assert gen is not None
-    return gen
-
-
-async def _check_regenerate_target(svc: Services, chat: str, target: str | None) -> None:
-    """Only the last answer can be regenerated (chatcast's history stays one line): the
-    target, if named, is the last user message or one of its answers."""
-    if target is None:
-        return
-    rows, _ = await svc.repo.messages_page(chat, limit=20)
-    last_user = max((i for i, m in enumerate(rows) if m.role == "user"), default=None)
-    if last_user is not None:
-        question = rows[last_user]
-        allowed = {question.id, question.client_msg_id, *(m.id for m in rows[last_user + 1:])}
-        if target in allowed:
-            return
-    raise BadRequest(f"message {target} cannot be regenerated: only the last answer can")
-
-
-async def stop_chat(svc: Services, user: str, chat: str) -> dict[str, Any]:
-    return await commands.stop(svc, user, None, check_chat_id(chat))
 
 
 # -- following a generation -----------------------------------------------------------------
@@ -230,12 +123,12 @@ class Stream:
         self.svc.hub.drop(self.sub)
 
 
-async def follow_new(svc: Services, gen: Generation, interrupted: bool) -> Stream:
+async def follow_new(svc: Services, turn: Turn, interrupted: bool) -> Stream:
     """Follow a generation just started, from its beginning."""
     sub = svc.subscriber(TRANSPORT)
-    await svc.hub.subscribe(sub, gen.chat_id, Cursor(gen=gen.id, seq=0))
-    fol = Follow(gen.id, gen.message_id, gen.chat_id, gen.provider, gen.model, interrupted)
-    return Stream(svc, gen.chat_id, fol, sub, fol.opening(), sub.drain())
+    await svc.hub.subscribe(sub, turn.chat, Cursor(gen=turn.gen, seq=0))
+    fol = Follow(turn.gen, turn.message, turn.chat, turn.provider, turn.model, interrupted)
+    return Stream(svc, turn.chat, fol, sub, fol.opening(), sub.drain())
 
 
 async def follow_active(svc: Services, user: str, chat: str,
@@ -278,8 +171,8 @@ async def chat_endpoint(request: Request) -> Response:
     """
     svc, user = services(request), user_id(request)
     req = parse_chat(await _json(request))
-    gen = await start_turn(svc, user, req)
-    stream = await follow_new(svc, gen, wants_interrupted(request.headers))
+    turn = await start_turn(svc, user, req)
+    stream = await follow_new(svc, turn, wants_interrupted(request.headers))
     return _sse_response(stream)
 
 
@@ -315,25 +208,12 @@ async def messages_endpoint(request: Request) -> Response:
       200: {description: "{messages: [UIMessage], has_more}"}
     """
     svc, user = services(request), user_id(request)
-    chat = check_chat_id(request.path_params["chat"])
-    if await svc.repo.find_chat(user, chat) is None:
-        return OrjsonResponse({"messages": [], "has_more": False})
     try:
         limit = max(1, min(int(request.query_params.get("limit", "100")), 200))
     except ValueError:
         raise BadRequest("limit must be an integer") from None
-    rows, has_more = await svc.repo.messages_page(chat, request.query_params.get("before"),
-                                                  limit)
-    out = [message_dict(m) for m in rows]
-    if any(m["status"] == "streaming" for m in out):
-        # the answer in progress: all of it so far, not only its last checkpoint
-        active = (await svc.replay.snapshot(chat)).data.get("active") or {}
-        for m in out:
-            if m["id"] == active.get("message"):
-                m["content"] = active.get("content", m["content"])
-                if "reasoning" in active:
-                    m["reasoning"] = active["reasoning"]
-    return OrjsonResponse({"messages": ui_history(out), "has_more": has_more})
+    return OrjsonResponse(await history(svc, user, request.path_params["chat"],
+                                        request.query_params.get("before"), limit))
 
 
 def _sse_response(stream: Stream) -> StreamingResponse:
@@ -503,9 +383,9 @@ class _WsConnection:
     async def _send(self, rid: str, req: _Request, data: dict[str, Any],
                     interrupted: bool) -> None:
         async def begin() -> Stream | None:
-            gen = await start_turn(self.svc, self.user, parse_chat(data))
-            req.gen = gen.id
-            return await follow_new(self.svc, gen, interrupted)
+            turn = await start_turn(self.svc, self.user, parse_chat(data))
+            req.gen = turn.gen
+            return await follow_new(self.svc, turn, interrupted)
         await self._serve(rid, req, begin)
 
     async def _resume(self, rid: str, req: _Request, interrupted: bool) -> None:
