@@ -260,6 +260,13 @@ class _Request:
 _deferred: set[asyncio.Task[None]] = set()  # stops that outlive their socket
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """A start nobody waits for any more: its error is dealt with (logged), not lost."""
+    if not task.cancelled() and (exc := task.exception()) is not None \
+            and not isinstance(exc, ChatcastError):
+        log.error("AI SDK websocket: a send failed after its socket closed", exc_info=exc)
+
+
 async def ws_endpoint(ws: WebSocket) -> None:
     svc = services(ws)
     if svc.shutting_down.is_set():
@@ -383,7 +390,11 @@ class _WsConnection:
     async def _send(self, rid: str, req: _Request, data: dict[str, Any],
                     interrupted: bool) -> None:
         async def begin() -> Stream | None:
-            turn = await start_turn(self.svc, self.user, parse_chat(data))
+            # A socket that closes now does not undo the send (the answer is the server's,
+            # as over HTTP): the start finishes even if this request is cancelled.
+            starting = asyncio.ensure_future(start_turn(self.svc, self.user, parse_chat(data)))
+            starting.add_done_callback(_retrieve)
+            turn = await asyncio.shield(starting)
             req.gen = turn.gen
             return await follow_new(self.svc, turn, interrupted)
         await self._serve(rid, req, begin)
