@@ -61,6 +61,7 @@ INTERRUPTED_HEADER = "x-chatcast-finish-interrupted"
 RESUME_SUPERSEDE_S = 1.0
 WS_QUEUE_FRAMES = 256
 
+
 def wants_interrupted(headers: Mapping[str, str]) -> bool:
     value = next((v for k, v in headers.items() if k.lower() == INTERRUPTED_HEADER), "")
     return value.strip().lower() in ("1", "true", "yes")

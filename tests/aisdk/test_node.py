@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from providers import demo
 from tests.conftest import ServerFactory
 from tests.fakes import FakeServer, Reply, openai_fake
 from tests.helpers.npm import AISDK_TESTS, have_node, npm_ci
@@ -51,6 +52,9 @@ async def test_ai_sdk_chat_against_chatcast(server: ServerFactory, node_modules:
     srv = await server(env=server_env(openai_api))
     env = {**os.environ, "CHATCAST_URL": srv.url, "NO_PROXY": "127.0.0.1,localhost",
            "NODE_NO_WARNINGS": "1"}
+    thinking = getattr(demo, "THINKING_MODEL", None)  # the demo model's reasoning mode
+    if thinking:
+        env["CHATCAST_REASONING_MODEL"] = thinking
     files = sorted(str(p) for p in AISDK_TESTS.glob("*.test.mjs"))
     proc = await asyncio.create_subprocess_exec(
         "node", "--test", "--test-concurrency=3", "--test-reporter=spec", *files,
