@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import commands, metrics
@@ -217,6 +218,22 @@ async def messages_endpoint(request: Request) -> Response:
                                         request.query_params.get("before"), limit))
 
 
+class _UIStreamResponse(StreamingResponse):
+    """A UI message stream whose subscription leaves the hub when the response ends, however
+    it ends: also when the client went away before the body was iterated at all (the
+    body's own `finally` never runs then)."""
+
+    def __init__(self, stream: Stream, body: AsyncIterator[bytes]) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=HEADERS)
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.stream.close()
+
+
 def _sse_response(stream: Stream) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
         frames = metrics.FRAMES_SENT.labels(TRANSPORT)
@@ -237,7 +254,7 @@ def _sse_response(stream: Stream) -> StreamingResponse:
             stream.close()
             metrics.CLIENTS.labels(TRANSPORT).dec()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=HEADERS)
+    return _UIStreamResponse(stream, body())
 
 
 # -- WebSocket ------------------------------------------------------------------------------
