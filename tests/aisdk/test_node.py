@@ -47,6 +47,8 @@ def server_env(openai_api: FakeServer) -> dict[str, str]:
     }
 
 
+# npm ci (when scripts/test has not done it yet) and ~20 Node tests in one test
+@pytest.mark.timeout(600)
 async def test_ai_sdk_chat_against_chatcast(server: ServerFactory, node_modules: Path,
                                             openai_api: FakeServer) -> None:
     srv = await server(env=server_env(openai_api))

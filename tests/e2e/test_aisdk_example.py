@@ -77,6 +77,7 @@ async def answer_text(page: Page) -> str:
     return await page.get_by_test_id("message-assistant").last.locator(".text").inner_text()
 
 
+@pytest.mark.timeout(600)  # npm ci and the build, when scripts/test has not done them yet
 async def test_example_streams_stops_and_resumes(example: str, chatcast: Any,
                                                  context: BrowserContext) -> None:
     page = await context.new_page()
