@@ -6,7 +6,7 @@ import * as ai6 from 'ai6';
 import * as ai7 from 'ai7';
 
 import {
-  API, Browser, assistants, reasoningOf, streaming, testChat, textOf,
+  API, Browser, assistants, reasoningOf, streaming, testChat, textOf, until,
 } from './lib.mjs';
 
 const REASONING_MODEL = process.env.CHATCAST_REASONING_MODEL;
@@ -195,6 +195,27 @@ for (const [name, ai] of [['ai 6', ai6], ['ai 7', ai7]]) {
       // and after a reload the history has it in the same place
       const [, again] = await browser.uiMessages(id);
       assert.equal(reasoningOf(again), stored.reasoning);
+
+      // a reload while it still thinks: reasoning and answer come back once each
+      const known = new Set(chat.messages.map((m) => m.id));
+      const sent = chat.sendMessage({ text: 'Think about resume' });
+      await until(() => {
+        const last = chat.messages.at(-1);
+        return last.role === 'assistant' && !known.has(last.id) && reasoningOf(last).length > 0;
+      }, 'reasoning');
+      const thinking = chat.messages.at(-1);
+      await chat.stop();
+      await sent;
+      const reloaded = open(browser, id, await browser.uiMessages(id));
+      await reloaded.resumeStream();
+      assert.equal(reloaded.status, 'ready', reloaded.error?.message);
+      const resumed = reloaded.messages.at(-1);
+      const final = (await browser.stored(id)).at(-1);
+      assert.equal(resumed.id, thinking.id);
+      assert.equal(reloaded.messages.filter((m) => m.id === thinking.id).length, 1);
+      assert.equal(reasoningOf(resumed), final.reasoning);
+      assert.equal(textOf(resumed), final.content);
+      assert.equal(resumed.parts.filter((p) => p.type === 'reasoning').length, 1);
     });
   });
 }

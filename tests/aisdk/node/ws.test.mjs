@@ -6,10 +6,11 @@ import * as ai from 'ai7';
 import WebSocket from 'ws';
 
 import {
-  Browser, WS_URL, assistants, streaming, testChat, textOf, until,
+  Browser, WS_URL, assistants, reasoningOf, streaming, testChat, textOf, until,
 } from './lib.mjs';
 
 const Chat = testChat(ai);
+const REASONING_MODEL = process.env.CHATCAST_REASONING_MODEL;
 
 /** Node 20 has no global WebSocket: the `ws` package's, sending the browser's cookie. */
 function socketOf(browser) {
@@ -124,6 +125,23 @@ describe('ai 7 WebSocketChatTransport', () => {
       assert.equal(textOf(page.messages.at(-1)), (await browser.stored(id))[1].content);
     } finally {
       await page.dispose();
+    }
+  });
+
+  test('reasoning streams as reasoning parts', { skip: !REASONING_MODEL && 'no reasoning model configured' }, async () => {
+    const browser = await signedIn();
+    const id = await browser.newChat({ model: REASONING_MODEL });
+    const chat = open(browser, id);
+    try {
+      await chat.sendMessage({ text: 'Think about sockets' });
+      assert.equal(chat.status, 'ready', chat.error?.message);
+      const answer = chat.messages.at(-1);
+      const [, stored] = await browser.stored(id);
+      assert.ok(reasoningOf(answer).length > 0);
+      assert.equal(reasoningOf(answer), stored.reasoning);
+      assert.equal(textOf(answer), stored.content);
+    } finally {
+      await chat.dispose();
     }
   });
 
