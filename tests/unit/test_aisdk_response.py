@@ -1,4 +1,5 @@
-"""A UI message stream leaves the hub however its response ends."""
+"""A UI message stream leaves the hub however its response ends; who gets
+`finishReason: "interrupted"`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from server.transports.aisdk import _UIStreamResponse
+from server.transports.aisdk import _UIStreamResponse, wants_interrupted
 
 
 class FakeStream:
@@ -38,3 +39,10 @@ async def test_closed_when_the_client_is_gone_before_the_body(spec: str) -> None
     with contextlib.suppress(Exception):  # whatever the server's send raised
         await response(scope, receive, send)
     assert stream.closed == 1
+
+
+def test_interrupted_reason_only_when_asked() -> None:
+    assert wants_interrupted({"X-Chatcast-Finish-Interrupted": "1"})
+    assert wants_interrupted({"x-chatcast-finish-interrupted": "true"})
+    assert not wants_interrupted({"x-chatcast-finish-interrupted": "0"})
+    assert not wants_interrupted({})
