@@ -182,17 +182,20 @@ def ui_message(msg: dict[str, Any]) -> dict[str, Any]:
     built, and chatcast's ids, status and usage as metadata (the status in the words the
     stream's metadata uses: `streaming`, `completed`, `stopped`, `error`, `interrupted`)."""
     role = str(msg.get("role"))
+    content = str(msg.get("content") or "")
+    streaming = msg.get("status") == "streaming"
     parts: list[dict[str, Any]] = []
     if role == "assistant":
         parts.append({"type": "step-start"})
         reasoning = msg.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
-            parts.append({"type": "reasoning", "text": reasoning, "state": "done"})
-    content = str(msg.get("content") or "")
+            still = streaming and not content  # still thinking
+            parts.append({"type": "reasoning", "text": reasoning,
+                          "state": "streaming" if still else "done"})
     if content or role != "assistant":
         text_part: dict[str, Any] = {"type": "text", "text": content}
         if role == "assistant":
-            text_part["state"] = "done" if msg.get("status") != "streaming" else "streaming"
+            text_part["state"] = "streaming" if streaming else "done"
         parts.append(text_part)
     ui_id = msg.get("client_msg_id") if role == "user" and msg.get("client_msg_id") \
         else msg.get("id")

@@ -181,6 +181,10 @@ def test_history_as_ui_messages() -> None:
                                 {"type": "reasoning", "text": "R", "state": "done"},
                                 {"type": "text", "text": "A", "state": "done"}]
     assert thinker["metadata"]["reasoning_ended_at"] == "t1"
+    still = ui_message({"id": "m4", "role": "assistant", "content": "", "status": "streaming",
+                        "reasoning": "hmm"})
+    assert still["parts"] == [{"type": "step-start"},
+                              {"type": "reasoning", "text": "hmm", "state": "streaming"}]
 
 
 def test_history_keeps_the_newest_of_regenerated_answers() -> None:
