@@ -11,10 +11,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from core.errors import BadRequest
+from core.protocol import check_content, describe_validation
 from server import commands
 from server.aisdk_map import ui_history
-from server.errors import BadRequest
-from server.protocol import check_content, describe_validation
 from server.services import Services
 from store.models import message_dict
 

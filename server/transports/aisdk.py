@@ -31,6 +31,9 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from core.codes import Close, Code
+from core.errors import BadRequest, ChatcastError
+from core.protocol import Cursor, Event, describe_validation
 from server import commands, metrics
 from server.aisdk_map import (
     DONE_LINE,
@@ -41,13 +44,10 @@ from server.aisdk_map import (
     sse,
 )
 from server.aisdk_turns import Turn, check_chat_id, history, parse_chat, start_turn, stop_chat
-from server.api import OrjsonResponse
 from server.auth import origin_allowed
-from server.codes import Close, Code
-from server.errors import BadRequest, ChatcastError
 from server.hub import Subscriber
 from server.limits import TokenBucket
-from server.protocol import Cursor, Event, describe_validation
+from server.responses import OrjsonResponse
 from server.services import Services, services, user_id
 from server.transports.admission import admit, release, retry_after_reason
 
