@@ -23,8 +23,8 @@ import uvloop
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
-from providers.base import ChatMessage, StreamParams
-from providers.demo import DemoProvider
+from chatcast.providers.base import ChatMessage, StreamParams
+from chatcast.providers.demo import DemoProvider
 
 
 class Baseline:

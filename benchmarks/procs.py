@@ -140,12 +140,12 @@ def start_chatcast(label: str, data_dir: Path, *, processes: int = 1, rate: floa
     if redis_url:
         env["REDIS_URL"] = redis_url
     full = clean_env(env)
-    subprocess.run([sys.executable, "-m", "server.cli", "migrate"], env=full, cwd=data_dir,
+    subprocess.run([sys.executable, "-m", "chatcast.server.cli", "migrate"], env=full, cwd=data_dir,
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = Server("chatcast", label)
     for _ in range(processes):
         port = free_port()
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+        cmd = [sys.executable, "-m", "chatcast.server.cli", "serve", "--port", str(port)]
         with log.open("ab") as out:
             server.procs.append(subprocess.Popen(pinned(cpu, cmd), env=full, cwd=data_dir,
                                                  stdout=out, stderr=subprocess.STDOUT))

@@ -40,7 +40,7 @@ def start_server(data_dir: Path, env: dict[str, str],
 
     full_env = clean_env({"CHATCAST_DATA_DIR": str(data_dir), "CHATCAST_SECRET_KEY": "bench",
                           **env})
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "chatcast.server.cli", "serve", "--port", str(port)]
     if cpu is not None:
         cmd = ["taskset", "-c", cpu, *cmd]
     proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL,
@@ -97,7 +97,7 @@ async def run(trials: int, redis_url: str | None, cpu: str | None = None) -> dic
             env["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp}/shared.db"
         from benchmarks.procs import clean_env
 
-        subprocess.run([sys.executable, "-m", "server.cli", "migrate"], check=True,  # noqa: ASYNC221
+        subprocess.run([sys.executable, "-m", "chatcast.server.cli", "migrate"], check=True,  # noqa: ASYNC221
                        env=clean_env({"CHATCAST_DATA_DIR": tmp, **env}),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs = [start_server(Path(tmp), env, cpu)]

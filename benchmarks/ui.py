@@ -33,7 +33,7 @@ from typing import Any
 from playwright.async_api import BrowserContext, Page, async_playwright
 
 from benchmarks import procs
-from store.ids import new_id
+from chatcast.store.ids import new_id
 
 RESULTS = procs.REPO / "benchmarks" / "results"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-timer-throttling",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.codes import CODES, Code
+from chatcast.core.codes import CODES, Code
 
 
 class ChatcastError(Exception):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
-from core.errors import BadRequest, ChatcastError, TooLarge, UnknownType
+from chatcast.core.errors import BadRequest, ChatcastError, TooLarge, UnknownType
 
 VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024

@@ -9,8 +9,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from core.retry import Backoff
-from providers.base import (
+from chatcast.core.retry import Backoff
+from chatcast.providers.base import (
     ChatMessage,
     Chunk,
     Provider,
@@ -21,9 +21,9 @@ from providers.base import (
     StreamParams,
     Usage,
 )
-from providers.demo import DemoProvider
-from providers.history import trim_history
-from providers.resilience import guarded, scenario
+from chatcast.providers.demo import DemoProvider
+from chatcast.providers.history import trim_history
+from chatcast.providers.resilience import guarded, scenario
 
 __all__ = ["ChatMessage", "Chunk", "Provider", "ProviderError", "ProviderFailure",
            "ProviderStreamBroken", "ProviderUnavailable", "Registry", "RetryPolicy",
@@ -95,8 +95,8 @@ class Registry:
                     "idle_timeout_s": settings.provider_idle_timeout_s}
         # SDKs are imported only when configured: google-genai alone takes a while to import.
         if settings.openai_api_key or settings.openai_base_url:
-            from providers.openai import OpenAIProvider
-            from providers.think import ThinkTags
+            from chatcast.providers.openai import OpenAIProvider
+            from chatcast.providers.think import ThinkTags
             providers["openai"] = OpenAIProvider(
                 api_key=settings.openai_api_key, base_url=settings.openai_base_url,
                 wire=settings.openai_wire, think_tags=ThinkTags.parse(settings.think_tags),
@@ -104,7 +104,7 @@ class Registry:
                 reasoning_summary=settings.openai_reasoning_summary or None,
                 reasoning_effort=settings.openai_reasoning_effort, **timeouts)
         if settings.gemini_api_key:
-            from providers.gemini import GeminiProvider
+            from chatcast.providers.gemini import GeminiProvider
             providers["gemini"] = GeminiProvider(
                 api_key=settings.gemini_api_key, base_url=settings.gemini_base_url,
                 include_thoughts=settings.gemini_include_thoughts,

@@ -8,8 +8,8 @@ import random
 import re
 from collections.abc import AsyncIterator
 
-from providers.base import ChatMessage, Chunk, StreamParams, Usage
-from providers.think import ThinkSplitter, ThinkTags
+from chatcast.providers.base import ChatMessage, Chunk, StreamParams, Usage
+from chatcast.providers.think import ThinkSplitter, ThinkTags
 
 THINKING_MODEL = "demo-thinking"
 THINK_PREFIX = "think:"

@@ -13,7 +13,7 @@ import httpx
 from google import genai
 from google.genai import errors, types
 
-from providers.base import (
+from chatcast.providers.base import (
     ChatMessage,
     Chunk,
     ProviderError,
@@ -22,7 +22,7 @@ from providers.base import (
     StreamParams,
     Usage,
 )
-from providers.upstream import (
+from chatcast.providers.upstream import (
     parse_duration,
     parse_retry_after,
     status_failure,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from providers.base import ChatMessage
+from chatcast.providers.base import ChatMessage
 
 
 def trim_history(messages: list[ChatMessage], max_chars: int, *,

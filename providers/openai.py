@@ -13,10 +13,10 @@ from openai import AsyncOpenAI, omit
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionMessageParam
 
-from providers import openai_responses as responses
-from providers.base import ChatMessage, Chunk, ProviderFailure, StreamParams, Usage
-from providers.think import ThinkSplitter, ThinkTags, model_starts_open
-from providers.upstream import (
+from chatcast.providers import openai_responses as responses
+from chatcast.providers.base import ChatMessage, Chunk, ProviderFailure, StreamParams, Usage
+from chatcast.providers.think import ThinkSplitter, ThinkTags, model_starts_open
+from chatcast.providers.upstream import (
     parse_retry_after,
     status_failure,
     stream_error_failure,

@@ -12,8 +12,8 @@ import openai
 from openai import AsyncOpenAI
 from openai.types.responses import Response, ResponseInputParam, ResponseUsage
 
-from providers.base import ChatMessage, Chunk, ProviderFailure, Usage
-from providers.upstream import stream_error_failure
+from chatcast.providers.base import ChatMessage, Chunk, ProviderFailure, Usage
+from chatcast.providers.upstream import stream_error_failure
 
 Failure = Callable[..., ProviderFailure]  # (exc, *, flowed) -> the chatcast error
 # Raw reasoning text (open-weight models served behind a Responses API, e.g. gpt-oss on

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from providers.base import (
+from chatcast.providers.base import (
     Chunk,
     ProviderFailure,
     ProviderStreamBroken,

@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Mapping
 
-from providers.base import (
+from chatcast.providers.base import (
     ProviderError,
     ProviderFailure,
     ProviderStreamBroken,

@@ -11,12 +11,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from core.errors import BadRequest
-from core.protocol import check_content, describe_validation
-from server import commands
-from server.aisdk_map import ui_history
-from server.services import Services
-from store.models import message_dict
+from chatcast.core.errors import BadRequest
+from chatcast.core.protocol import check_content, describe_validation
+from chatcast.server import commands
+from chatcast.server.aisdk_map import ui_history
+from chatcast.server.services import Services
+from chatcast.store.models import message_dict
 
 ChatId = Annotated[str, StringConstraints(min_length=1, max_length=64,
                                           pattern=r"^[A-Za-z0-9_-]+$")]

@@ -19,11 +19,11 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from providers import ChatMessage, Chunk, ProviderFailure, Registry, StreamParams
-from server import metrics
-from server.cache import MAX_ANSWER_CHARS, CachedAnswer, ResponseCache, cache_key, replay
-from server.settings import Settings
-from store.models import Generation
+from chatcast.providers import ChatMessage, Chunk, ProviderFailure, Registry, StreamParams
+from chatcast.server import metrics
+from chatcast.server.cache import MAX_ANSWER_CHARS, CachedAnswer, ResponseCache, cache_key, replay
+from chatcast.server.settings import Settings
+from chatcast.store.models import Generation
 
 log = logging.getLogger("chatcast.runner")
 

@@ -11,15 +11,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
-from core.errors import BadRequest
-from core.protocol import Cursor, describe_validation
-from core.protocol import start as start_event
-from server import client_reports, commands, metrics
-from server.hub import Subscriber
-from server.responses import OrjsonResponse
-from server.services import Services, services, user_id
-from server.transports import poll, sse
-from store.models import chat_dict, generation_dict, message_dict
+from chatcast.core.errors import BadRequest
+from chatcast.core.protocol import Cursor, describe_validation
+from chatcast.core.protocol import start as start_event
+from chatcast.server import client_reports, commands, metrics
+from chatcast.server.hub import Subscriber
+from chatcast.server.responses import OrjsonResponse
+from chatcast.server.services import Services, services, user_id
+from chatcast.server.transports import poll, sse
+from chatcast.store.models import chat_dict, generation_dict, message_dict
 
 M = TypeVar("M", bound=BaseModel)
 Title = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]

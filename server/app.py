@@ -18,15 +18,15 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from core.codes import Code
-from core.errors import ChatcastError
-from server import api
-from server.auth import IdentityMiddleware, origin_allowed
-from server.responses import error_response, plain_error
-from server.services import Services
-from server.settings import Settings
-from server.transports import aisdk
-from server.transports.ws import WebSocketFastPath, ws_endpoint
+from chatcast.core.codes import Code
+from chatcast.core.errors import ChatcastError
+from chatcast.server import api
+from chatcast.server.auth import IdentityMiddleware, origin_allowed
+from chatcast.server.responses import error_response, plain_error
+from chatcast.server.services import Services
+from chatcast.server.settings import Settings
+from chatcast.server.transports import aisdk
+from chatcast.server.transports.ws import WebSocketFastPath, ws_endpoint
 
 STATIC = Path(__file__).parent / "static"
 CLIENT_JS = Path(__file__).parent.parent / "clients" / "js"

@@ -31,8 +31,8 @@ from starlette import types as asgi
 from starlette.websockets import WebSocket
 from uvicorn.supervisors import multiprocess
 
-from core.protocol import Event
-from server import lifecycle
+from chatcast.core.protocol import Event
+from chatcast.server import lifecycle
 
 log = logging.getLogger("chatcast.ws")
 

@@ -23,17 +23,17 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import ChatcastError, Unauthorized
-from server import metrics
-from server.limits.base import digest
-from server.responses import error_response
-from store.ids import new_id
+from chatcast.core.errors import ChatcastError, Unauthorized
+from chatcast.server import metrics
+from chatcast.server.limits.base import digest
+from chatcast.server.responses import error_response
+from chatcast.store.ids import new_id
 
 if TYPE_CHECKING:
-    from server.jwt_auth import JwtVerifier
-    from server.limits import Limits
-    from server.settings import Settings
-    from store.repo import Repo
+    from chatcast.server.jwt_auth import JwtVerifier
+    from chatcast.server.limits import Limits
+    from chatcast.server.settings import Settings
+    from chatcast.store.repo import Repo
 
 COOKIE = "chatcast_session"
 COOKIE_MAX_AGE = 400 * 24 * 3600
@@ -86,7 +86,7 @@ class Authenticator:
         self.ticket_ttl_s = settings.ticket_ttl_s
         self.jwt: JwtVerifier | None = None
         if self.mode == "jwt":
-            from server.jwt_auth import JwtVerifier
+            from chatcast.server.jwt_auth import JwtVerifier
             self.jwt = JwtVerifier(settings)
 
     async def authenticate(self, conn: HTTPConnection, *, ticket_ok: bool) -> Principal:

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from providers import ChatMessage, Chunk, StreamParams, Usage
+from chatcast.providers import ChatMessage, Chunk, StreamParams, Usage
 
 log = logging.getLogger("chatcast.cache")
 

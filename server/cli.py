@@ -9,11 +9,16 @@ import sys
 
 import uvicorn
 
-from core.protocol import MAX_FRAME_BYTES
-from server.asgi_internals import SANSIO_WS, ChatcastServer, describe_write_path, run_workers
-from server.logs import log_config
-from server.settings import Settings
-from store.db import migrate
+from chatcast.core.protocol import MAX_FRAME_BYTES
+from chatcast.server.asgi_internals import (
+    SANSIO_WS,
+    ChatcastServer,
+    describe_write_path,
+    run_workers,
+)
+from chatcast.server.logs import log_config
+from chatcast.server.settings import Settings
+from chatcast.store.db import migrate
 
 log = logging.getLogger("chatcast")
 
@@ -32,7 +37,7 @@ def _check_redis(url: str) -> None:
     to memory silently: processes would stop seeing each other)."""
     import redis
 
-    from server.bus.redis import redacted_url
+    from chatcast.server.bus.redis import redacted_url
 
     client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
     try:
@@ -53,7 +58,7 @@ def serve(args: argparse.Namespace) -> None:
         _check_redis(settings.redis_url)
     _migrate(settings)
     config = uvicorn.Config(
-        "server.app:create_app",
+        "chatcast.server.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
@@ -77,10 +82,10 @@ def serve(args: argparse.Namespace) -> None:
 
 
 async def _token_command(settings: Settings, args: argparse.Namespace) -> None:
-    from server.auth import new_api_token
-    from server.limits.base import digest
-    from store.db import make_engine, session_factory
-    from store.repo import Repo
+    from chatcast.server.auth import new_api_token
+    from chatcast.server.limits.base import digest
+    from chatcast.store.db import make_engine, session_factory
+    from chatcast.store.repo import Repo
 
     engine = make_engine(settings.db_url)
     repo = Repo(session_factory(engine))

@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from starlette.requests import Request
 from starlette.responses import Response
 
-from core.errors import BadRequest, RateLimited, TooLarge
-from server import metrics
-from server.logs import redact
-from server.services import Services, services, user_id
+from chatcast.core.errors import BadRequest, RateLimited, TooLarge
+from chatcast.server import metrics
+from chatcast.server.logs import redact
+from chatcast.server.services import Services, services, user_id
 
 log = logging.getLogger("chatcast.client")
 

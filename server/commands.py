@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.errors import RateLimited
-from core.protocol import check_content
-from server import metrics
-from server.services import Services
-from store.models import message_dict
-from store.repo import Started
+from chatcast.core.errors import RateLimited
+from chatcast.core.protocol import check_content
+from chatcast.server import metrics
+from chatcast.server.services import Services
+from chatcast.store.models import message_dict
+from chatcast.store.repo import Started
 
 
 def started_result(started: Started) -> dict[str, Any]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from core import protocol
-from core.retry import Backoff, retry
-from server.bus.base import BusUnavailable, GenerationLog, LogEntry, LogSealed
+from chatcast.core import protocol
+from chatcast.core.retry import Backoff, retry
+from chatcast.server.bus.base import BusUnavailable, GenerationLog, LogEntry, LogSealed
 
 log = logging.getLogger("chatcast.ending")
 

@@ -8,12 +8,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from core.codes import Close
-from core.protocol import Cursor, Event
-from core.retry import Backoff, retry
-from server.bus.base import BusUnavailable, ChatFanout
-from server.outbox import Outbox
-from server.positions import DELIVER, GAP, ChatCursor
+from chatcast.core.codes import Close
+from chatcast.core.protocol import Cursor, Event
+from chatcast.core.retry import Backoff, retry
+from chatcast.server.bus.base import BusUnavailable, ChatFanout
+from chatcast.server.outbox import Outbox
+from chatcast.server.positions import DELIVER, GAP, ChatCursor
 
 log = logging.getLogger("chatcast.hub")
 

@@ -14,8 +14,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from core.errors import Unauthorized
-from server.settings import Settings
+from chatcast.core.errors import Unauthorized
+from chatcast.server.settings import Settings
 
 LEEWAY_S = 5.0  # clock skew allowed on exp / nbf / iat
 MAX_SUBJECT = 64  # the length of a user id

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from core import protocol
-from core.protocol import Event
-from server import metrics
+from chatcast.core import protocol
+from chatcast.core.protocol import Event
+from chatcast.server import metrics
 
 
 class Merged:

@@ -18,7 +18,7 @@ import statistics
 import time
 from collections import deque
 
-from server import metrics
+from chatcast.server import metrics
 
 TICK_S = 0.05
 WINDOW = 20  # ticks: one second

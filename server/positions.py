@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.protocol import Cursor, Event
+from chatcast.core.protocol import Cursor, Event
 
 NO_GENERATION = "-"  # cursor.gen of a client whose snapshot showed no generation yet
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Container
 
-from server.bus.base import BusUnavailable, GenerationLog, Leases
-from server.ending import publish_done
-from server.replay import text_so_far
-from store.ids import utcnow
-from store.models import Generation, Reasoning, message_dict
-from store.repo import Repo
+from chatcast.server.bus.base import BusUnavailable, GenerationLog, Leases
+from chatcast.server.ending import publish_done
+from chatcast.server.replay import text_so_far
+from chatcast.store.ids import utcnow
+from chatcast.store.models import Generation, Reasoning, message_dict
+from chatcast.store.repo import Repo
 
 log = logging.getLogger("chatcast.reaper")
 

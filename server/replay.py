@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core import protocol
-from core.protocol import Cursor, Event
-from server.bus.base import GenerationLog
-from server.positions import NO_GENERATION, resume_point
-from store.ids import iso
-from store.models import Generation, Message, message_dict
-from store.repo import Repo
+from chatcast.core import protocol
+from chatcast.core.protocol import Cursor, Event
+from chatcast.server.bus.base import GenerationLog
+from chatcast.server.positions import NO_GENERATION, resume_point
+from chatcast.store.ids import iso
+from chatcast.store.models import Generation, Message, message_dict
+from chatcast.store.repo import Repo
 
 
 class Replay:

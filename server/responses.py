@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 from starlette.responses import JSONResponse, Response
 
-from core.codes import Code
-from core.errors import ChatcastError
+from chatcast.core.codes import Code
+from chatcast.core.errors import ChatcastError
 
 
 class OrjsonResponse(JSONResponse):

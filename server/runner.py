@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from core import protocol
-from core.codes import Code
-from core.errors import NotFound
-from core.retry import Backoff, retry
-from providers import (
+from chatcast.core import protocol
+from chatcast.core.codes import Code
+from chatcast.core.errors import NotFound
+from chatcast.core.retry import Backoff, retry
+from chatcast.providers import (
     ChatMessage,
     Chunk,
     ProviderError,
@@ -30,17 +30,17 @@ from providers import (
     ProviderUnavailable,
     Registry,
 )
-from providers.history import trim_history
-from server import metrics
-from server.answers import Answers, message_meta
-from server.bus.base import Bus, BusUnavailable, LogEntry, LogSealed, log_entry
-from server.ending import publish_done
-from server.pacing import Pacer
-from server.reaper import Reaper
-from server.settings import Settings
-from store.ids import utcnow
-from store.models import Generation, Message, Reasoning, message_dict
-from store.repo import Checkpoint, Repo, Started
+from chatcast.providers.history import trim_history
+from chatcast.server import metrics
+from chatcast.server.answers import Answers, message_meta
+from chatcast.server.bus.base import Bus, BusUnavailable, LogEntry, LogSealed, log_entry
+from chatcast.server.ending import publish_done
+from chatcast.server.pacing import Pacer
+from chatcast.server.reaper import Reaper
+from chatcast.server.settings import Settings
+from chatcast.store.ids import utcnow
+from chatcast.store.models import Generation, Message, Reasoning, message_dict
+from chatcast.store.repo import Checkpoint, Repo, Started
 
 log = logging.getLogger("chatcast.runner")
 

@@ -10,19 +10,19 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import HTTPConnection
 
-from core.codes import Close
-from providers import Registry
-from server import lifecycle, metrics
-from server.auth import Authenticator
-from server.bus.base import Bus, BusUnavailable
-from server.cache import make_cache
-from server.hub import Hub, Subscriber
-from server.limits import Limits
-from server.replay import Replay
-from server.runner import Runner
-from server.settings import Settings
-from store.db import make_engine, session_factory
-from store.repo import Repo
+from chatcast.core.codes import Close
+from chatcast.providers import Registry
+from chatcast.server import lifecycle, metrics
+from chatcast.server.auth import Authenticator
+from chatcast.server.bus.base import Bus, BusUnavailable
+from chatcast.server.cache import make_cache
+from chatcast.server.hub import Hub, Subscriber
+from chatcast.server.limits import Limits
+from chatcast.server.replay import Replay
+from chatcast.server.runner import Runner
+from chatcast.server.settings import Settings
+from chatcast.store.db import make_engine, session_factory
+from chatcast.store.repo import Repo
 
 log = logging.getLogger("chatcast")
 
@@ -33,10 +33,10 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 def make_bus(settings: Settings) -> Bus:
     url = settings.bus_url
     if url.startswith("memory://"):
-        from server.bus.memory import MemoryBus
+        from chatcast.server.bus.memory import MemoryBus
         return MemoryBus(retention_s=settings.log_retention_s)
     if url.startswith(REDIS_SCHEMES):
-        from server.bus.redis import RedisBus
+        from chatcast.server.bus.redis import RedisBus
         return RedisBus(url, retention_s=settings.log_retention_s,
                         max_connections=settings.redis_max_connections)
     raise ValueError(f"unsupported bus URL {url!r}: use memory:// or redis://")
@@ -46,12 +46,12 @@ def make_limits(settings: Settings, bus: Bus) -> Limits:
     """Limits shared the way the bus is, chosen by the same URL: through Redis (on the bus's
     connection pool) when the bus is Redis, else in this process."""
     if settings.bus_url.startswith(REDIS_SCHEMES):
-        from server.bus.redis import RedisBus
-        from server.limits.redis import RedisLimits
+        from chatcast.server.bus.redis import RedisBus
+        from chatcast.server.limits.redis import RedisLimits
         if not isinstance(bus, RedisBus):
             raise TypeError(f"a Redis URL needs a RedisBus, got {type(bus).__name__}")
         return RedisLimits(bus.client)
-    from server.limits.memory import MemoryLimits
+    from chatcast.server.limits.memory import MemoryLimits
     return MemoryLimits()
 
 

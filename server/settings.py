@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from providers.think import ThinkTags
-from store.db import normalize_url, sqlite_url
+from chatcast.providers.think import ThinkTags
+from chatcast.store.db import normalize_url, sqlite_url
 
 log = logging.getLogger("chatcast")
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from store.ids import iso, new_id, utcnow
+from chatcast.store.ids import iso, new_id, utcnow
 
 MESSAGE_STATUSES = ("complete", "streaming", "stopped", "error", "interrupted")
 GENERATION_STATUSES = ("active", "completed", "stopped", "error", "interrupted")

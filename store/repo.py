@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.errors import BadRequest, Busy, NotFound, TooManyGenerations
-from store.ids import utcnow
-from store.models import (
+from chatcast.core.errors import BadRequest, Busy, NotFound, TooManyGenerations
+from chatcast.store.ids import utcnow
+from chatcast.store.models import (
     TERMINAL_TO_MESSAGE,
     ApiToken,
     Chat,

@@ -170,7 +170,7 @@ def db_url(db_kind: DbKind, make_database: DatabaseFactory) -> str:
 
 
 def _migrate(url: str) -> None:
-    from store.db import migrate
+    from chatcast.store.db import migrate
 
     run_in_thread(lambda: migrate(url))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.settings import Settings
+from chatcast.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BARE = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL",

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core import protocol
-from core.codes import CLOSE_RETRYABLE, CODES, Close, Code
+from chatcast.core import protocol
+from chatcast.core.codes import CLOSE_RETRYABLE, CODES, Close, Code
 
 JS = Path(__file__).resolve().parents[1] / "clients" / "js" / "protocol.js"
 

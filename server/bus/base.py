@@ -18,9 +18,9 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from core.codes import Code
-from core.errors import ChatcastError
-from core.protocol import Event
+from chatcast.core.codes import Code
+from chatcast.core.errors import ChatcastError
+from chatcast.core.protocol import Event
 
 #: One entry of a generation's log as its owner keeps it: (seq, the event's JSON). Plain
 #: bytes, not Event objects: a long answer has thousands, and the garbage collector does not

@@ -6,8 +6,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from core.protocol import Event
-from server.bus.base import (
+from chatcast.core.protocol import Event
+from chatcast.server.bus.base import (
     Bus,
     EventHandler,
     LogEntry,

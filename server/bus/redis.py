@@ -35,9 +35,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.protocol import Event
-from core.retry import Backoff, retry
-from server.bus.base import (
+from chatcast.core.protocol import Event
+from chatcast.core.retry import Backoff, retry
+from chatcast.server.bus.base import (
     Bus,
     BusUnavailable,
     EventHandler,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from server.limits.base import Limits, TokenBucket, digest, new_ticket
+from chatcast.server.limits.base import Limits, TokenBucket, digest, new_ticket
 
 SWEEP_EVERY_S = 30.0
 

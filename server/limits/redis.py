@@ -17,8 +17,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server.bus.base import BusUnavailable
-from server.limits.base import Limits, digest, new_ticket
+from chatcast.server.bus.base import BusUnavailable
+from chatcast.server.limits.base import Limits, digest, new_ticket
 
 log = logging.getLogger("chatcast.limits")
 

@@ -12,10 +12,10 @@ import logging
 import orjson
 from starlette.websockets import WebSocket
 
-from core.codes import Close
-from core.errors import ChatcastError, Unauthorized
-from server import metrics
-from server.services import Services
+from chatcast.core.codes import Close
+from chatcast.core.errors import ChatcastError, Unauthorized
+from chatcast.server import metrics
+from chatcast.server.services import Services
 
 log = logging.getLogger("chatcast.ws")
 

@@ -31,11 +31,11 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from core.codes import Close, Code
-from core.errors import BadRequest, ChatcastError
-from core.protocol import Cursor, Event, describe_validation
-from server import commands, metrics
-from server.aisdk_map import (
+from chatcast.core.codes import Close, Code
+from chatcast.core.errors import BadRequest, ChatcastError
+from chatcast.core.protocol import Cursor, Event, describe_validation
+from chatcast.server import commands, metrics
+from chatcast.server.aisdk_map import (
     DONE_LINE,
     HEADERS,
     HEARTBEAT,
@@ -43,13 +43,20 @@ from server.aisdk_map import (
     Follow,
     sse,
 )
-from server.aisdk_turns import Turn, check_chat_id, history, parse_chat, start_turn, stop_chat
-from server.auth import origin_allowed
-from server.hub import Subscriber
-from server.limits import TokenBucket
-from server.responses import OrjsonResponse
-from server.services import Services, services, user_id
-from server.transports.admission import admit, release, retry_after_reason
+from chatcast.server.aisdk_turns import (
+    Turn,
+    check_chat_id,
+    history,
+    parse_chat,
+    start_turn,
+    stop_chat,
+)
+from chatcast.server.auth import origin_allowed
+from chatcast.server.hub import Subscriber
+from chatcast.server.limits import TokenBucket
+from chatcast.server.responses import OrjsonResponse
+from chatcast.server.services import Services, services, user_id
+from chatcast.server.transports.admission import admit, release, retry_after_reason
 
 log = logging.getLogger("chatcast.aisdk")
 

@@ -12,11 +12,11 @@ import contextlib
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from core import protocol
-from core.errors import BadRequest
-from core.protocol import Cursor, Event
-from server import metrics, positions
-from server.services import services, user_id
+from chatcast.core import protocol
+from chatcast.core.errors import BadRequest
+from chatcast.core.protocol import Cursor, Event
+from chatcast.server import metrics, positions
+from chatcast.server.services import services, user_id
 
 LINGER_S = 0.02  # after the first event, collect what follows at once (e.g. message + start)
 

@@ -10,11 +10,11 @@ from starlette import types as asgi
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from core import protocol
-from core.protocol import Event
-from server import metrics
-from server.hub import Subscriber
-from server.services import Services, services, user_id
+from chatcast.core import protocol
+from chatcast.core.protocol import Event
+from chatcast.server import metrics
+from chatcast.server.hub import Subscriber
+from chatcast.server.services import Services, services, user_id
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -8,10 +8,10 @@ import logging
 from starlette import types as asgi
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from core import protocol
-from core.codes import Close, Code
-from core.errors import BadRequest, ChatcastError
-from core.protocol import (
+from chatcast.core import protocol
+from chatcast.core.codes import Close, Code
+from chatcast.core.errors import BadRequest, ChatcastError
+from chatcast.core.protocol import (
     Continue,
     Ping,
     Regenerate,
@@ -21,13 +21,13 @@ from core.protocol import (
     Subscribe,
     Unsubscribe,
 )
-from server import commands, metrics
-from server.asgi_internals import frame_writer, release_handshake
-from server.auth import origin_allowed
-from server.hub import Subscriber
-from server.limits import TokenBucket
-from server.services import Services, services
-from server.transports.admission import admit, release, retry_after_reason
+from chatcast.server import commands, metrics
+from chatcast.server.asgi_internals import frame_writer, release_handshake
+from chatcast.server.auth import origin_allowed
+from chatcast.server.hub import Subscriber
+from chatcast.server.limits import TokenBucket
+from chatcast.server.services import Services, services
+from chatcast.server.transports.admission import admit, release, retry_after_reason
 
 log = logging.getLogger("chatcast.ws")
 

@@ -8,8 +8,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-import store.models  # noqa: F401  (registers the tables)
-from store.db import make_engine
+import chatcast.store.models  # noqa: F401  (registers the tables)
+from chatcast.store.db import make_engine
 
 target_metadata = SQLModel.metadata
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from providers import demo
+from chatcast.providers import demo
 from tests.conftest import ServerFactory
 from tests.fakes import FakeServer, Reply, openai_fake
 from tests.helpers.npm import AISDK_TESTS, have_node, npm_ci

@@ -17,10 +17,10 @@ from typing import Any, Protocol
 
 import pytest
 
-from core.protocol import Event
-from server.bus.base import Bus
-from server.bus.memory import MemoryBus
-from server.bus.redis import RedisBus
+from chatcast.core.protocol import Event
+from chatcast.server.bus.base import Bus
+from chatcast.server.bus.memory import MemoryBus
+from chatcast.server.bus.redis import RedisBus
 
 BACKENDS = ["memory", "redis"]
 DEFAULT_RETENTION_S = 60.0

@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from core import protocol
-from core.protocol import Event
-from server.bus.base import LogSealed, log_entry
-from store.ids import new_id
+from chatcast.core import protocol
+from chatcast.core.protocol import Event
+from chatcast.server.bus.base import LogSealed, log_entry
+from chatcast.store.ids import new_id
 from tests.bus.conftest import BusFactory, BusProbe
 
 

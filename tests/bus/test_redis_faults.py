@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
-from core import protocol
-from server.bus import redis as redis_bus
-from server.bus.base import BusUnavailable, log_entry
-from server.bus.redis import RedisBus
-from store.ids import new_id
+from chatcast.core import protocol
+from chatcast.server.bus import redis as redis_bus
+from chatcast.server.bus.base import BusUnavailable, log_entry
+from chatcast.server.bus.redis import RedisBus
+from chatcast.store.ids import new_id
 from tests.bus.conftest import BusProbe
 from tests.helpers.ports import free_port
 from tests.helpers.redis_server import RedisServer

@@ -16,13 +16,13 @@ from typing import Any, cast
 
 import pytest
 
-from core.protocol import Event
-from providers import ChatMessage, Chunk, Registry, StreamParams
-from server.bus.base import Bus, LogEntry
-from server.runner import Runner
-from server.settings import Settings
-from store.db import make_engine, session_factory
-from store.repo import Repo
+from chatcast.core.protocol import Event
+from chatcast.providers import ChatMessage, Chunk, Registry, StreamParams
+from chatcast.server.bus.base import Bus, LogEntry
+from chatcast.server.runner import Runner
+from chatcast.server.settings import Settings
+from chatcast.store.db import make_engine, session_factory
+from chatcast.store.repo import Repo
 from tests.bus.conftest import Backend, _new_bus
 from tests.conftest import DatabaseFactory
 from tests.helpers.assemble import digest

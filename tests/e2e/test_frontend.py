@@ -18,7 +18,7 @@ import pytest
 from playwright.async_api import BrowserContext, Route, WebSocketRoute, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from store.ids import new_id
+from chatcast.store.ids import new_id
 from tests.e2e.test_ui import assert_same_as_server
 from tests.e2e.ui import integrity, open_page, record, send, wait_answer
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.protocol import Event
+from chatcast.core.protocol import Event
 
 EventLike = Mapping[str, Any] | Event
 

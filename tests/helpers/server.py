@@ -76,7 +76,7 @@ class ServerProcess:
 
     @property
     def database_url(self) -> str:
-        from store.db import normalize_url, sqlite_url
+        from chatcast.store.db import normalize_url, sqlite_url
 
         url = self.extra_env.get("DATABASE_URL")
         return normalize_url(url) if url else sqlite_url(self.data_dir.resolve())
@@ -86,7 +86,7 @@ class ServerProcess:
     def argv(self) -> list[str]:
         if self.command is not None:  # a stand-in; "{port}" in it is filled in
             return [part.replace("{port}", str(self.port)) for part in self.command] + self.args
-        return [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1",
+        return [sys.executable, "-m", "chatcast.server.cli", "serve", "--host", "127.0.0.1",
                 "--port", str(self.port), *self.args]
 
     def environment(self) -> dict[str, str]:
@@ -104,7 +104,7 @@ class ServerProcess:
         """Start the process without waiting (see `wait_ready`)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.migrate and self.starts == 0:
-            from store.db import migrate
+            from chatcast.store.db import migrate
 
             url = self.database_url
             run_in_thread(lambda: migrate(url))

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.server import ServerConnection, serve
 
-from core import protocol
+from chatcast.core import protocol
 from tests.helpers.assemble import Assembler, Cursor
 from tests.helpers.clients import SSEClient, SSEParser, WSClient
 from tests.helpers.redis_server import RedisServer

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from store.db import make_engine
+from chatcast.store.db import make_engine
 from tests.conftest import ServerFactory
 from tests.helpers.clients import WSClient, cookie_header
 from tests.helpers.server import ServerProcess

@@ -37,9 +37,9 @@ def assert_no_secrets(srv: ServerProcess, *secrets: str) -> None:
 def create_token(srv: ServerProcess, user: str) -> str:
     """`chatcast token create` against the server's database."""
     env = srv.environment()
-    out = subprocess.run([sys.executable, "-m", "server.cli", "token", "create", "--user", user],
-                         cwd=srv.data_dir, env=env, capture_output=True, text=True, timeout=60,
-                         check=True)
+    out = subprocess.run([sys.executable, "-m", "chatcast.server.cli", "token", "create",
+                          "--user", user], cwd=srv.data_dir, env=env, capture_output=True,
+                         text=True, timeout=60, check=True)
     token = out.stdout.strip()
     assert token.startswith("cc_") and token not in out.stderr
     return token
@@ -107,7 +107,7 @@ async def test_token_mode(server: ServerFactory) -> None:
 
 
 def token_cli(srv: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server.cli", "token", *args],
+    return subprocess.run([sys.executable, "-m", "chatcast.server.cli", "token", *args],
                           cwd=srv.data_dir, env=srv.environment(), capture_output=True,
                           text=True, timeout=60)
 

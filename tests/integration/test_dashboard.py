@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server import metrics
+from chatcast.server import metrics
 from tests.conftest import ServerFactory
 from tests.fakes import FakeServer, Reply, openai_fake
 from tests.helpers.clients import WSClient

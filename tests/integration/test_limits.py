@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 from sqlalchemy import text
 
-from store.db import make_engine
+from chatcast.store.db import make_engine
 from tests.conftest import DatabaseFactory, ServerFactory
 from tests.helpers.clients import WSClient, cookie_header
 from tests.helpers.redis_server import RedisServer

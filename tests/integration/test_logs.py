@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
-from store.db import migrate
+from chatcast.store.db import migrate
 from tests.conftest import ServerFactory
 from tests.helpers.server import ServerProcess
 from tests.helpers.threads import run_in_thread

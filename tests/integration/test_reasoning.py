@@ -19,8 +19,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from providers.demo import compose_reasoning, compose_reply
-from store.db import make_engine
+from chatcast.providers.demo import compose_reasoning, compose_reply
+from chatcast.store.db import make_engine
 from tests.fakes import FakeServer, Reply, gemini_fake, openai_fake
 from tests.helpers.assemble import Assembler
 from tests.helpers.clients import SSEClient, WSClient

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import pytest
 from redis.asyncio import Redis
 
-from server.limits import Limits, TokenBucket
-from server.limits.memory import MemoryLimits
-from server.limits.redis import RedisLimits
+from chatcast.server.limits import Limits, TokenBucket
+from chatcast.server.limits.memory import MemoryLimits
+from chatcast.server.limits.redis import RedisLimits
 
 
 @dataclass

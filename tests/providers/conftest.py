@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from providers import Chunk, ProviderFailure, Registry, RetryPolicy
-from providers.base import ChatMessage, Provider, StreamParams
-from providers.demo import DemoProvider
-from providers.gemini import GeminiProvider
-from providers.openai import OpenAIProvider
+from chatcast.providers import Chunk, ProviderFailure, Registry, RetryPolicy
+from chatcast.providers.base import ChatMessage, Provider, StreamParams
+from chatcast.providers.demo import DemoProvider
+from chatcast.providers.gemini import GeminiProvider
+from chatcast.providers.openai import OpenAIProvider
 from tests.fakes import FakeServer, gemini_fake, openai_fake
 
 MESSAGES = [ChatMessage("system", "Answer briefly."), ChatMessage("user", "Say hello.")]

@@ -11,8 +11,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from providers import ProviderError, ProviderStreamBroken, ProviderUnavailable, StreamParams
-from providers.base import Provider
+from chatcast.providers import (
+    ProviderError,
+    ProviderStreamBroken,
+    ProviderUnavailable,
+    StreamParams,
+)
+from chatcast.providers.base import Provider
 from tests.fakes import FakeServer, Reply
 from tests.providers.conftest import MESSAGES, consume, registry
 

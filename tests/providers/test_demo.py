@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from providers.base import ChatMessage, StreamParams
-from providers.demo import DemoProvider, compose_reply
+from chatcast.providers.base import ChatMessage, StreamParams
+from chatcast.providers.demo import DemoProvider, compose_reply
 
 
 async def collect(provider: DemoProvider, messages: list[ChatMessage]) -> tuple[str, int]:

@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 from google.genai import _api_client
 
-from providers.base import ChatMessage, Provider, StreamParams
-from providers.gemini import GeminiProvider
+from chatcast.providers.base import ChatMessage, Provider, StreamParams
+from chatcast.providers.gemini import GeminiProvider
 from tests.fakes import FakeServer, Reply
 from tests.fakes.gemini_fake import LEAKY_SECRET
 from tests.providers.conftest import MESSAGES, consume, registry

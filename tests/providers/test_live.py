@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from providers import ChatMessage, Registry, RetryPolicy, StreamParams
-from providers.base import Provider
-from providers.gemini import GeminiProvider
-from providers.openai import OpenAIProvider
+from chatcast.providers import ChatMessage, Registry, RetryPolicy, StreamParams
+from chatcast.providers.base import Provider
+from chatcast.providers.gemini import GeminiProvider
+from chatcast.providers.openai import OpenAIProvider
 
 MESSAGES = [ChatMessage("user", "Reply with the single word: pong")]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from providers import Registry
-from providers.base import ChatMessage, Provider, StreamParams
-from providers.openai import OpenAIProvider
+from chatcast.providers import Registry
+from chatcast.providers.base import ChatMessage, Provider, StreamParams
+from chatcast.providers.openai import OpenAIProvider
 from tests.fakes import FakeServer, Reply
 from tests.fakes.openai_fake import LEAKY_SECRET
 from tests.providers.conftest import MESSAGES, consume, registry

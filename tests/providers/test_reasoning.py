@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from providers import Chunk, ProviderStreamBroken, StreamParams
-from providers.base import ChatMessage, Provider
-from providers.demo import DemoProvider, compose_reasoning, compose_reply
-from providers.gemini import GeminiProvider
-from providers.openai import OpenAIProvider
-from providers.resilience import guarded
+from chatcast.providers import Chunk, ProviderStreamBroken, StreamParams
+from chatcast.providers.base import ChatMessage, Provider
+from chatcast.providers.demo import DemoProvider, compose_reasoning, compose_reply
+from chatcast.providers.gemini import GeminiProvider
+from chatcast.providers.openai import OpenAIProvider
+from chatcast.providers.resilience import guarded
 from tests.fakes import FakeServer, Reply
 from tests.fakes.openai_fake import LEAKY_SECRET
 from tests.providers.conftest import MESSAGES, POLICY, Outcome, consume, registry

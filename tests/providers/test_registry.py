@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from providers import (
+from chatcast.providers import (
     ChatMessage,
     Chunk,
     ProviderStreamBroken,
@@ -20,9 +20,9 @@ from providers import (
     StreamParams,
     trim_history,
 )
-from providers.gemini import GeminiProvider
-from providers.openai import OpenAIProvider
-from providers.think import ThinkTags
+from chatcast.providers.gemini import GeminiProvider
+from chatcast.providers.openai import OpenAIProvider
+from chatcast.providers.think import ThinkTags
 from tests.fakes import FakeServer, Reply
 from tests.providers.conftest import consume, registry
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from providers.base import Chunk, ProviderStreamBroken, ProviderUnavailable, Usage
-from providers.resilience import guarded
+from chatcast.providers.base import Chunk, ProviderStreamBroken, ProviderUnavailable, Usage
+from chatcast.providers.resilience import guarded
 
 
 async def _paced(texts: list[str], gap_s: float, *, usage: bool = True,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from providers.openai import delta_reasoning
-from providers.think import ThinkSplitter, ThinkTags, model_starts_open
+from chatcast.providers.openai import delta_reasoning
+from chatcast.providers.think import ThinkSplitter, ThinkTags, model_starts_open
 
 
 def split(pieces: list[str], *, tags: ThinkTags | None = None,

@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from store.db import alembic_config, make_engine, session_factory
-from store.ids import new_id
-from store.models import Chat, Generation, Message, User
+from chatcast.store.db import alembic_config, make_engine, session_factory
+from chatcast.store.ids import new_id
+from chatcast.store.models import Chat, Generation, Message, User
 from tests.conftest import DatabaseFactory, DbKind
 from tests.helpers.threads import run_in_thread
 
@@ -60,7 +60,7 @@ def head_revision() -> str | None:
 
 async def test_migrations_apply_from_empty(db_kind: DbKind,
                                            make_database: DatabaseFactory) -> None:
-    from store.db import migrate
+    from chatcast.store.db import migrate
 
     url = make_database(db_kind, migrated=False)
     run_in_thread(lambda: migrate(url))

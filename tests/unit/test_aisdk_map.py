@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.aisdk_map import Follow, sse, ui_history, ui_message
+from chatcast.server.aisdk_map import Follow, sse, ui_history, ui_message
 
 
 def delta(seq: int, text: str, gen: str = "g1", **extra: Any) -> dict[str, Any]:

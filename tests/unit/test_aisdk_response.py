@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from server.transports.aisdk import _UIStreamResponse, wants_interrupted
+from chatcast.server.transports.aisdk import _UIStreamResponse, wants_interrupted
 
 
 class FakeStream:

@@ -15,8 +15,8 @@ import uvicorn
 import websockets
 from starlette import types as asgi
 
-from core import protocol
-from server import asgi_internals
+from chatcast.core import protocol
+from chatcast.server import asgi_internals
 from tests.helpers.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

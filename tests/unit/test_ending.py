@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from core import protocol
-from core.retry import Backoff
-from server import ending
-from server.bus.base import BusUnavailable, log_entry
-from server.bus.memory import MemoryBus
+from chatcast.core import protocol
+from chatcast.core.retry import Backoff
+from chatcast.server import ending
+from chatcast.server.bus.base import BusUnavailable, log_entry
+from chatcast.server.bus.memory import MemoryBus
 
 
 async def test_a_lost_log_is_restored_before_the_done() -> None:

@@ -7,14 +7,14 @@ import asyncio
 
 import pytest
 
-from core import protocol
-from core.codes import Close
-from core.protocol import Cursor, Event
-from core.retry import Backoff
-from server import hub as hub_module
-from server.bus.base import BusUnavailable
-from server.bus.memory import MemoryBus
-from server.hub import Hub, Subscriber
+from chatcast.core import protocol
+from chatcast.core.codes import Close
+from chatcast.core.protocol import Cursor, Event
+from chatcast.core.retry import Backoff
+from chatcast.server import hub as hub_module
+from chatcast.server.bus.base import BusUnavailable
+from chatcast.server.bus.memory import MemoryBus
+from chatcast.server.hub import Hub, Subscriber
 
 
 def delta(gen: str, seq: int, text: str = "x") -> Event:

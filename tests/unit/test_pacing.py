@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from server.pacing import IDLE_LAG_S, Pacer
+from chatcast.server.pacing import IDLE_LAG_S, Pacer
 
 
 def test_no_hold_while_the_loop_keeps_up() -> None:

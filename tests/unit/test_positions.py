@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from core import protocol
-from server import positions
-from server.positions import DELIVER, GAP, REPEAT, ChatCursor
+from chatcast.core import protocol
+from chatcast.server import positions
+from chatcast.server.positions import DELIVER, GAP, REPEAT, ChatCursor
 
 
 def test_the_position_after_events() -> None:

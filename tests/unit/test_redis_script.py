@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from server.bus import redis as redis_bus
+from chatcast.server.bus import redis as redis_bus
 
 
 def test_every_return_of_the_append_script_is_a_named_code() -> None:

@@ -11,8 +11,15 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from providers import ChatMessage, StreamParams
-from server.cache import CachedAnswer, MemoryCache, RedisCache, ResponseCache, cache_key, replay
+from chatcast.providers import ChatMessage, StreamParams
+from chatcast.server.cache import (
+    CachedAnswer,
+    MemoryCache,
+    RedisCache,
+    ResponseCache,
+    cache_key,
+    replay,
+)
 from tests.helpers.redis_server import RedisServer
 
 HISTORY = [ChatMessage("system", "Be brief."), ChatMessage("user", "hi")]

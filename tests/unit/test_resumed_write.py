@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from server.asgi_internals import Resumed as _Resumed
+from chatcast.server.asgi_internals import Resumed as _Resumed
 
 
 async def _started(coro: Coroutine[Any, Any, None]) -> _Resumed:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from core.retry import Backoff, retry
+from chatcast.core.retry import Backoff, retry
 
 FAST = Backoff(base_s=0.001, max_s=0.002)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from server.runner import Running, State
+from chatcast.server.runner import Running, State
 
 
 def _running() -> Running:

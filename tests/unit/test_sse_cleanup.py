@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from starlette.requests import ClientDisconnect
 
-from core.protocol import Cursor, Event
-from server.bus.memory import MemoryBus
-from server.hub import Hub, Subscriber
-from server.transports import sse
+from chatcast.core.protocol import Cursor, Event
+from chatcast.server.bus.memory import MemoryBus
+from chatcast.server.hub import Hub, Subscriber
+from chatcast.server.transports import sse
 
 
 async def _nothing(chat: str, cursor: Cursor | None) -> list[Event]:

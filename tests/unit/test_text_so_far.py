@@ -3,10 +3,10 @@ generation's answer by one rule: the checkpoint plus the log's deltas that conti
 
 from __future__ import annotations
 
-from core import protocol
-from server.bus.base import log_entry
-from server.bus.memory import MemoryBus
-from server.replay import TextSoFar, text_so_far
+from chatcast.core import protocol
+from chatcast.server.bus.base import log_entry
+from chatcast.server.bus.memory import MemoryBus
+from chatcast.server.replay import TextSoFar, text_so_far
 
 
 def _of(so_far: TextSoFar) -> tuple[str, str, int]:
