@@ -15,6 +15,7 @@ from starlette.websockets import WebSocket
 from chatcast.core.codes import Close
 from chatcast.core.errors import ChatcastError, Unauthorized
 from chatcast.server import metrics
+from chatcast.server.auth import origin_allowed
 from chatcast.server.services import Services
 
 log = logging.getLogger("chatcast.ws")
@@ -26,6 +27,20 @@ SOCKETS_RETRY_AFTER_S = 10.0
 def retry_after_reason(seconds: float) -> str:
     """The close reason of a 4029: `{"retry_after": s}` (read by clients/js/backoff.js)."""
     return orjson.dumps({"retry_after": round(seconds, 3)}).decode()
+
+
+async def admit_websocket(ws: WebSocket, svc: Services) -> str | None:
+    """The whole handshake policy of every WebSocket route: a shutting-down server answers
+    1001 (reconnect elsewhere), a foreign Origin is refused before accepting (HTTP 403), then
+    `admit`. Its user, or None if the socket was refused (and is already closed)."""
+    if svc.shutting_down.is_set():
+        await ws.close(Close.GOING_AWAY)
+        return None
+    if not origin_allowed(ws, svc.settings.allowed_origins):
+        log.info("websocket refused: foreign origin", extra={"origin": ws.headers.get("origin")})
+        await ws.close(Close.POLICY)  # before accept: the handshake is answered 403
+        return None
+    return await admit(ws, svc)
 
 
 async def admit(ws: WebSocket, svc: Services) -> str | None:

@@ -51,12 +51,11 @@ from chatcast.server.aisdk_turns import (
     start_turn,
     stop_chat,
 )
-from chatcast.server.auth import origin_allowed
 from chatcast.server.hub import Subscriber
 from chatcast.server.limits import TokenBucket
 from chatcast.server.responses import OrjsonResponse
 from chatcast.server.services import Services, services, user_id
-from chatcast.server.transports.admission import admit, release, retry_after_reason
+from chatcast.server.transports.admission import admit_websocket, release, retry_after_reason
 
 log = logging.getLogger("chatcast.aisdk")
 
@@ -294,14 +293,7 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 async def ws_endpoint(ws: WebSocket) -> None:
     svc = services(ws)
-    if svc.shutting_down.is_set():
-        await ws.close(Close.GOING_AWAY)
-        return
-    if not origin_allowed(ws, svc.settings.allowed_origins):
-        log.info("websocket refused: foreign origin", extra={"origin": ws.headers.get("origin")})
-        await ws.close(Close.POLICY)  # before accept: the handshake is answered 403
-        return
-    user = await admit(ws, svc)
+    user = await admit_websocket(ws, svc)
     if user is None:
         return
     metrics.CLIENTS.labels(TRANSPORT).inc()

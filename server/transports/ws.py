@@ -23,11 +23,10 @@ from chatcast.core.protocol import (
 )
 from chatcast.server import commands, metrics
 from chatcast.server.asgi_internals import frame_writer, release_handshake
-from chatcast.server.auth import origin_allowed
 from chatcast.server.hub import Subscriber
 from chatcast.server.limits import TokenBucket
 from chatcast.server.services import Services, services
-from chatcast.server.transports.admission import admit, release, retry_after_reason
+from chatcast.server.transports.admission import admit_websocket, release, retry_after_reason
 
 log = logging.getLogger("chatcast.ws")
 
@@ -39,14 +38,7 @@ async def ws_endpoint(ws: WebSocket, send: asgi.Send | None = None) -> None:
     """One client connection. `send` is the server's own ASGI send when the caller has it
     (WebSocketFastPath); frames then skip the layers in between."""
     svc = services(ws)
-    if svc.shutting_down.is_set():
-        await ws.close(Close.GOING_AWAY)
-        return
-    if not origin_allowed(ws, svc.settings.allowed_origins):
-        log.info("websocket refused: foreign origin", extra={"origin": ws.headers.get("origin")})
-        await ws.close(Close.POLICY)  # before accept: the handshake is answered 403
-        return
-    user = await admit(ws, svc)
+    user = await admit_websocket(ws, svc)
     if user is None:
         return
     sub = svc.subscriber("ws")
