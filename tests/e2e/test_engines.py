@@ -8,6 +8,8 @@ worker, and the two workers run different engines side by side."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -55,6 +57,9 @@ def engine_params() -> list[Any]:
 @pytest.fixture(scope="session", autouse=True)
 def _quit_browsers() -> Iterator[None]:
     yield
+    report = os.environ.get("CHATCAST_ENGINE_VERSIONS")  # benchmarks/engines.py reads it
+    if report:
+        Path(report).write_text(json.dumps({n: b.version for n, b in _browsers.items()}))
     for b in _browsers.values():
         b.quit()
     _browsers.clear()
