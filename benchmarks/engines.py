@@ -64,7 +64,7 @@ def markdown(result: dict[str, object]) -> str:
         row = []
         for e in ENGINES:
             hit = [c for c in cases if str(c["name"]).startswith(sc + "[")
-                   and str(c["name"]).rstrip("]").endswith(e)]
+                   and e in str(c["name"])[len(sc) + 1:-1].split("-")]
             row.append(", ".join(f"{c['outcome']} ({float(c['seconds']):.1f} s)"  # type: ignore[arg-type]
                                  for c in hit) or "—")
         lines.append(f"| {sc.removeprefix('test_').replace('_', ' ')} | " + " | ".join(row)
@@ -73,6 +73,9 @@ def markdown(result: dict[str, object]) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--report-only"]:  # re-render engines.md from engines.json
+        print(markdown(json.loads((RESULTS / "engines.json").read_text())))
+        return
     result = run()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "engines.json").write_text(json.dumps(result, indent=2) + "\n")
