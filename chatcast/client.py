@@ -52,7 +52,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from chatcast.core import protocol
 from chatcast.core.codes import CLOSE_RETRYABLE, Close, Code
 from chatcast.core.errors import BadRequest, ChatcastError
-from chatcast.core.retry import Backoff
+from chatcast.core.retry import Backoff, retry
 
 log = logging.getLogger("chatcast.client")
 
@@ -850,9 +850,20 @@ class Client:
 
     async def _api(self, method: str, path: str, body: Any = None,
                    params: Mapping[str, Any] | None = None) -> Any:
-        res = await self.http.request(method, path, json=body, params=params,
-                                      headers={"Accept": "application/json"})
-        data = res.json() if res.content else None
+        """One REST call; JSON errors raise `ServerError`. A read is retried (with the
+        reconnect backoff, three tries) when the connection fails under it: a pooled
+        connection may have died with the network, as the WebSocket did. A write is not
+        (it may have been carried out)."""
+        async def call() -> httpx.Response:
+            return await self.http.request(method, path, json=body, params=params,
+                                           headers={"Accept": "application/json"})
+
+        res = await retry(call, retry_on=httpx.TransportError, backoff=self.backoff,
+                          attempts=3 if method == "GET" else 1)
+        try:
+            data = orjson.loads(res.content) if res.content else None
+        except orjson.JSONDecodeError:
+            data = None
         if res.is_error:
             err = data.get("error") if isinstance(data, dict) else None
             raise ServerError(err if isinstance(err, dict) else

@@ -1,10 +1,11 @@
-"""`chatcast serve | migrate | token create | token list | token revoke`."""
+"""`chatcast serve | migrate | token create | token list | token revoke | chat [URL]`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging.config
+import os
 import sys
 
 import uvicorn
@@ -120,6 +121,14 @@ def token(args: argparse.Namespace, settings: Settings) -> None:
     asyncio.run(_token_command(settings, args))
 
 
+def chat(args: argparse.Namespace) -> int:
+    """The terminal chat: a client of a server (this one or any other), so it needs none of
+    the server's settings."""
+    from chatcast.terminal import run
+
+    return run(args.url, token=args.token, chat=args.chat, model=args.model)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="chatcast", description="Streaming chat server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,7 +146,16 @@ def main(argv: list[str] | None = None) -> None:
     p_list.add_argument("--user", default=None, help="only this user's tokens")
     p_revoke = token_sub.add_parser("revoke", help="delete a token by its id")
     p_revoke.add_argument("id", help="the token's id (from `token list`)")
+    p_chat = sub.add_parser("chat", help="chat in the terminal with a chatcast server")
+    p_chat.add_argument("url", nargs="?", default="http://127.0.0.1:8000",
+                        help="the server (default http://127.0.0.1:8000, as scripts/serve)")
+    p_chat.add_argument("--token", default=os.environ.get("CHATCAST_TOKEN"),
+                        help="API token or JWT (default $CHATCAST_TOKEN; none: anonymous)")
+    p_chat.add_argument("--chat", default=None, help="open this chat (an id from /chats)")
+    p_chat.add_argument("--model", default=None, help="model of new chats (e.g. demo-thinking)")
     args = parser.parse_args(argv)
+    if args.command == "chat":
+        raise SystemExit(chat(args))
     settings = Settings()
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     if args.command == "migrate":

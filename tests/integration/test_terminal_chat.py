@@ -1,0 +1,88 @@
+"""`chatcast chat` in a pseudo-terminal against a real server: a typed prompt streams its
+answer, Ctrl-C stops it (the server records `stopped`), a second Ctrl-C quits with 0, and a
+connection cut mid-answer resumes to the stored text."""
+
+from __future__ import annotations
+
+import sys
+
+import pexpect
+import pytest
+from sqlalchemy import text
+
+from chatcast.store.db import make_engine
+from tests.helpers.server import ServerProcess
+from tests.helpers.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.timeout(180)
+#: Generous: the machine may be loaded; every expect is bounded by it.
+WAIT_S = 60
+
+
+def spawn(srv: ServerProcess, url: str, *args: str) -> pexpect.spawn[str]:
+    env = srv.environment()
+    env.update({"TERM": "xterm-256color", "COLUMNS": "100", "LINES": "40"})
+    child = pexpect.spawn(sys.executable, ["-m", "chatcast.server.cli", "chat", url, *args],
+                          env=env, cwd=str(srv.data_dir), dimensions=(40, 100),
+                          encoding="utf-8", codec_errors="replace", timeout=WAIT_S)
+    child.expect("/help")
+    child.expect("> ")
+    return child
+
+
+async def answers(srv: ServerProcess) -> list[tuple[str, str]]:
+    """(content, status) of every assistant message, straight from SQL."""
+    engine = make_engine(srv.database_url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(text(
+                "SELECT content, status FROM message WHERE role = 'assistant' "
+                "ORDER BY created_at"))
+            return [(str(r[0]), str(r[1])) for r in rows]
+    finally:
+        await engine.dispose()
+
+
+async def test_stream_then_ctrl_c_stops_and_a_second_quits(slow_srv: ServerProcess) -> None:
+    child = spawn(slow_srv, slow_srv.url)
+    try:
+        child.sendline("Tell me about reconnects")
+        child.expect("You asked")  # the demo answer, streaming, rendered
+        child.sendcontrol("c")
+        child.expect(r"\[stopped\]")
+        child.expect("> ")
+        [(content, status)] = await answers(slow_srv)
+        assert status == "stopped" and content.startswith("## On ")
+        child.sendcontrol("c")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.before
+
+
+async def test_commands_and_a_dropped_connection_resumes(slow_srv: ServerProcess) -> None:
+    with TcpProxy(slow_srv.port) as proxy:
+        child = spawn(slow_srv, proxy.url)
+        try:
+            child.sendline("echo: one two three four five six seven eight nine ten eleven "
+                           "twelve thirteen fourteen fifteen sixteen seventeen eighteen "
+                           "nineteen twenty-last")
+            child.expect("twenty-last")  # the typed line, echoed
+            child.expect("four")  # the answer, streaming
+            assert proxy.drop() > 0
+            child.expect("twenty-last")
+            child.expect("> ")
+            assert proxy.websockets >= 2  # it reconnected
+            [(content, status)] = await answers(slow_srv)
+            assert status == "complete" and content.endswith("twenty-last")
+            assert "did not match" not in (child.before or "")
+            child.sendline("/chats")
+            child.expect("echo: one two")  # the chat's title
+            child.sendline("/new")
+            child.expect("next message")
+            child.sendline("/quit")
+            child.expect("bye")
+            child.expect(pexpect.EOF)
+        finally:
+            child.close(force=True)
+        assert child.exitstatus == 0, child.before
