@@ -465,6 +465,7 @@ class _Pending:
     idempotent: bool
     future: asyncio.Future[dict[str, Any]]
     sent: bool = False
+    subscribe: bool = False  # made anew, with the then cursor, on every connection
 
 
 def _ws_url(base: str) -> str:
@@ -539,10 +540,14 @@ class Client:
     async def open(self) -> None:
         """Check identity over HTTP (in anonymous mode this gets the session cookie the
         WebSocket then carries), then connect the WebSocket (and keep it connected)."""
-        await self._api("GET", "/api/chats")
-        self._opened = asyncio.get_running_loop().create_future()
-        self._runner = asyncio.create_task(self._run(), name="chatcast-client")
-        await asyncio.wait_for(asyncio.shield(self._opened), self.open_timeout_s * 3)
+        try:
+            await self._api("GET", "/api/chats")
+            self._opened = asyncio.get_running_loop().create_future()
+            self._runner = asyncio.create_task(self._run(), name="chatcast-client")
+            await asyncio.wait_for(asyncio.shield(self._opened), self.open_timeout_s * 3)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Close for good: waiting requests fail with `ClientClosed`."""
@@ -552,6 +557,7 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
         self._fail_all(ClientClosed("client closed"))
+        self._broadcast(ConnectionChanged("closed", "client closed"))
         await self.http.aclose()
 
     async def reconnect(self) -> None:
@@ -561,9 +567,8 @@ class Client:
 
     def _handshake_headers(self) -> dict[str, str]:
         headers = dict(self._headers)
-        host = urlsplit(self.url).hostname or ""
-        cookies = "; ".join(f"{c.name}={c.value}" for c in self.http.cookies.jar
-                            if not c.domain or c.domain.lstrip(".") in (host, f"{host}.local"))
+        # The jar holds only what was given and what this server set.
+        cookies = "; ".join(f"{c.name}={c.value}" for c in self.http.cookies.jar)
         if cookies:
             headers["Cookie"] = cookies
         return headers
@@ -622,6 +627,9 @@ class Client:
 
     def _connection_lost(self) -> None:
         for rid, p in list(self._pending.items()):
+            if p.subscribe:
+                del self._pending[rid]  # its chat's waiter is answered by the next one
+                continue
             if not p.sent:
                 continue
             if p.idempotent:
@@ -747,7 +755,7 @@ class Client:
         rid = self._next_rid()
         p = _Pending(_frame(_model(protocol.Subscribe, type="subscribe", chat=st.chat,
                                    cursor=st.cursor), rid),
-                     True, asyncio.get_running_loop().create_future())
+                     True, asyncio.get_running_loop().create_future(), subscribe=True)
         self._pending[rid] = p
         waiter = st.subscribed
 

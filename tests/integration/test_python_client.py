@@ -206,6 +206,10 @@ async def test_token_identity_and_refusals(server: ServerFactory) -> None:
         chat = await c.create_chat()
         answer = await asyncio.wait_for(c.ask(chat.id, "hi"), 60)
         assert answer.verified and answer.status == "completed"
+    # the same credential as a header of the host's choosing (what an identity hook reads)
+    async with connect(srv.url, headers={"Authorization": f"Bearer {token}"},
+                       trust_env=False) as c:
+        assert [x.id for x in await c.chats()] == [chat.id]
     with pytest.raises(ServerError) as refused:
         async with connect(srv.url, token="cc_wrong", trust_env=False):
             pass
