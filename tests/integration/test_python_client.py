@@ -5,6 +5,8 @@ stream, reasoning, and the identity modes."""
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -24,7 +26,7 @@ from chatcast.core.codes import Code
 from chatcast.core.retry import Backoff
 from chatcast.store.db import make_engine
 from tests.conftest import ServerFactory
-from tests.helpers.server import ServerProcess
+from tests.helpers.server import REPO_ROOT, ServerProcess
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.integration.test_auth import create_token
 
@@ -214,3 +216,22 @@ async def test_token_identity_and_refusals(server: ServerFactory) -> None:
         async with connect(srv.url, token="cc_wrong", trust_env=False):
             pass
     assert refused.value.code == Code.UNAUTHORIZED and refused.value.status == 401
+
+
+async def test_readme_sample_runs(srv: ServerProcess) -> None:
+    """The README's Python client sample, as written, against a real server."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Python client and terminal chat", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match, "the Python client section has no python sample"
+    code = match.group(1)
+    assert '"http://127.0.0.1:8000"' in code
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code.replace("http://127.0.0.1:8000", srv.url),
+        env=srv.environment(), cwd=srv.data_dir, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    printed = out.decode()
+    assert proc.returncode == 0, printed
+    assert "You asked" in printed and "[completed, verified=True]" in printed
+    assert printed.rstrip().splitlines()[-1].startswith("completed ")
