@@ -761,9 +761,9 @@ class Client:
 
         def acked(fut: asyncio.Future[dict[str, Any]]) -> None:
             self._pending.pop(rid, None)
+            exc = None if fut.cancelled() else fut.exception()
             if waiter.done() or fut.cancelled():
                 return
-            exc = fut.exception()
             if exc is None:
                 waiter.set_result(None)
             else:

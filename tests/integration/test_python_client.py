@@ -235,3 +235,35 @@ async def test_readme_sample_runs(srv: ServerProcess) -> None:
     assert proc.returncode == 0, printed
     assert "You asked" in printed and "[completed, verified=True]" in printed
     assert printed.rstrip().splitlines()[-1].startswith("completed ")
+
+
+async def test_a_server_restart_mid_answer_then_continue(server: ServerFactory) -> None:
+    """The server shuts down while an answer streams (too briefly to finish it) and comes
+    back on the same port: the client reconnects by itself, the answer ends as the server
+    recorded it (equal to SQL), and `continue` finishes it."""
+    slow_srv = await server(env={"CHATCAST_DEMO_TOKENS_PER_S": "20",
+                                 "CHATCAST_SHUTDOWN_GRACE_S": "0.2"})
+    async with connect(slow_srv.url, trust_env=False, backoff=FAST) as c:
+        chat = await c.create_chat()
+        reply = c.send(chat.id, "Survive a restart")
+        assembled, done, states = "", None, []
+        async with asyncio.timeout(120):
+            async for event in reply:
+                if isinstance(event, ConnectionChanged):
+                    states.append(event.state)
+                if isinstance(event, TextDelta):
+                    assembled += event.text
+                    if len(assembled) > 20 and slow_srv.starts == 1:
+                        slow_srv.terminate()
+                        await slow_srv.wait_async(30)
+                        await slow_srv.restart()
+                if isinstance(event, Done):
+                    done = event
+        assert done is not None and done.status == "interrupted", done
+        content, _, _ = await sql_row(slow_srv, str(done.message["id"]))
+        assert done.text == content and content.startswith(assembled[:20])
+        async with asyncio.timeout(120):  # (sent once the client is connected again)
+            more = await c.continue_generation(chat.id, done.gen).answer()
+        assert c.reconnects >= 1
+        assert more.status == "completed" and more.verified and more.text.startswith(content)
+        assert more.text == (await sql_row(slow_srv, more.message))[0]
