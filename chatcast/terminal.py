@@ -316,5 +316,7 @@ def run(url: str, *, token: str | None = None, chat: str | None = None,
     client_log = logging.getLogger("chatcast.client")
     client_log.addHandler(logging.NullHandler())
     client_log.propagate = False
+    if "://" not in url:  # `chatcast chat localhost:8000`
+        url = f"http://{url}"
     console = Console(highlight=False)
     return asyncio.run(_main(url, token=token, chat=chat, model=model, console=console))

@@ -44,7 +44,7 @@ async def answers(srv: ServerProcess) -> list[tuple[str, str]]:
 
 
 async def test_stream_then_ctrl_c_stops_and_a_second_quits(slow_srv: ServerProcess) -> None:
-    child = spawn(slow_srv, slow_srv.url)
+    child = spawn(slow_srv, f"127.0.0.1:{slow_srv.port}")  # no scheme: http is meant
     try:
         child.sendline("Tell me about reconnects")
         child.expect("You asked")  # the demo answer, streaming, rendered
