@@ -1,6 +1,6 @@
 """`chatcast chat` in a pseudo-terminal against a real server: a typed prompt streams its
-answer, Ctrl-C stops it (the server records `stopped`), a second Ctrl-C quits with 0, and a
-connection cut mid-answer resumes to the stored text."""
+reasoning (dimmed) and answer, Ctrl-C stops it (the server records `stopped`), a second
+Ctrl-C quits with 0, and a connection cut mid-answer resumes to the stored text."""
 
 from __future__ import annotations
 
@@ -44,10 +44,13 @@ async def answers(srv: ServerProcess) -> list[tuple[str, str]]:
 
 
 async def test_stream_then_ctrl_c_stops_and_a_second_quits(slow_srv: ServerProcess) -> None:
-    child = spawn(slow_srv, f"127.0.0.1:{slow_srv.port}")  # no scheme: http is meant
+    # no scheme: http is meant
+    child = spawn(slow_srv, f"127.0.0.1:{slow_srv.port}", "--model", "demo-thinking")
     try:
         child.sendline("Tell me about reconnects")
-        child.expect("You asked")  # the demo answer, streaming, rendered
+        # the reasoning first, dimmed (SGR 2 in the attributes of its first words)
+        child.expect(r"\x1b\[(?:\d+;)*2(?:;\d+)*mThinking about")
+        child.expect("You asked")  # then the answer, streaming, rendered
         child.sendcontrol("c")
         child.expect(r"\[stopped\]")
         child.expect("> ")
