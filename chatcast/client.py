@@ -51,7 +51,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from chatcast.core import protocol
 from chatcast.core.codes import CLOSE_RETRYABLE, Close, Code
-from chatcast.core.errors import BadRequest, ChatcastError
+from chatcast.core.errors import BadRequest, ChatcastError, TooLarge
 from chatcast.core.retry import Backoff, retry
 
 log = logging.getLogger("chatcast.client")
@@ -337,8 +337,8 @@ class _ChatState:
         g = self.gens.get(gen)
         if g is not None and g.done:
             return None  # seen already
-        final = data.get("message") if isinstance(data.get("message"), dict) else {}
-        assert isinstance(final, dict)
+        raw = data.get("message")
+        final: dict[str, Any] = raw if isinstance(raw, dict) else {}
         if g is None:  # joined after the text: the stored row is all there is
             g = self.gens[gen] = _Gen(str(final.get("id", "")), 0, False,
                                       str(final.get("content") or ""),
@@ -679,7 +679,7 @@ class Client:
         if ev.type in ("ack", "error"):
             rid = ev.data.get("rid")
             p = self._pending.pop(rid, None) if isinstance(rid, str) else None
-            if p is not None:
+            if p is not None and not p.future.done():
                 if ev.type == "ack":
                     p.future.set_result(ev.data)
                 else:
@@ -740,8 +740,13 @@ class Client:
         if self._failure is not None:
             raise self._failure
         rid = self._next_rid()
-        p = _Pending(_frame(model, rid), idempotent,
-                     asyncio.get_running_loop().create_future())
+        frame = _frame(model, rid)
+        size = len(orjson.dumps(frame))
+        if size > protocol.MAX_FRAME_BYTES:
+            # The server would close the whole connection (1009) for one such frame.
+            raise TooLarge(f"the request is {size} bytes; a frame may have at most "
+                           f"{protocol.MAX_FRAME_BYTES}")
+        p = _Pending(frame, idempotent, asyncio.get_running_loop().create_future())
         self._pending[rid] = p
         await self._dispatch(p)
         try:

@@ -23,6 +23,8 @@ from chatcast.client import (
     connect,
 )
 from chatcast.core.codes import Code
+from chatcast.core.errors import BadRequest, TooLarge
+from chatcast.core.protocol import MAX_FRAME_BYTES
 from chatcast.core.retry import Backoff
 from chatcast.store.db import make_engine
 from tests.conftest import ServerFactory
@@ -110,6 +112,15 @@ async def test_stop_regenerate_and_continue(slow_srv: ServerProcess) -> None:
         with pytest.raises(ServerError) as refused:
             await c.stop(gen="no-such-gen")
         assert refused.value.code == Code.NOT_FOUND
+        # a message too large for one frame is refused before it is sent: the connection
+        # (which the server would close with 1009) stays
+        with pytest.raises(TooLarge):
+            await c.ask(chat.id, "x" * (MAX_FRAME_BYTES + 1))
+        with pytest.raises(BadRequest):
+            await c.ask("not a chat id!", "hi")
+        reconnects = c.reconnects
+        assert (await c.ask(chat.id, "still there?")).status == "completed"
+        assert c.reconnects == reconnects and c.state == "open"
 
 
 async def test_cut_connections_resume_exactly(slow_srv: ServerProcess) -> None:
