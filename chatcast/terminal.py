@@ -19,6 +19,7 @@ import queue
 import signal
 import threading
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -275,9 +276,22 @@ class TerminalChat:
         return ""
 
 
+def _thought_for(message: dict[str, Any]) -> str:
+    """The "thought for N s" note, from the message's reasoning times (as the browser UI)."""
+    try:
+        began = datetime.fromisoformat(str(message["reasoning_started_at"]))
+        ended = datetime.fromisoformat(str(message["reasoning_ended_at"]))
+    except (KeyError, ValueError):
+        return ""
+    seconds = (ended - began).total_seconds()
+    return f"(thought for {seconds:.0f} s)" if seconds >= 0 else ""
+
+
 def _ending(done: Done) -> str:
     words = {"completed": "", "stopped": "[stopped]", "interrupted": "[interrupted]"}
     ending = words.get(done.status, f"[{done.status}]")
+    if done.reasoning:
+        ending = f"{_thought_for(done.message)} {ending}"
     if done.error:
         ending += f" {done.error.get('message', '')}"
     if not done.verified:

@@ -52,7 +52,7 @@ async def test_stream_then_ctrl_c_stops_and_a_second_quits(slow_srv: ServerProce
         child.expect(r"\x1b\[(?:\d+;)*2(?:;\d+)*mThinking about")
         child.expect("You asked")  # then the answer, streaming, rendered
         child.sendcontrol("c")
-        child.expect(r"\[stopped\]")
+        child.expect(r"\(thought for \d+ s\) \[stopped\]")
         child.expect("> ")
         [(content, status)] = await answers(slow_srv)
         assert status == "stopped" and content.startswith("## On ")
