@@ -15,6 +15,7 @@ from chatcast.client import (
     TextDelta,
     _ChatState,
     _plan,
+    _ws_url,
 )
 from chatcast.core import protocol
 from chatcast.core.codes import Close
@@ -107,3 +108,8 @@ def test_the_close_code_table() -> None:
     assert limited.reconnect and 7 <= limited.delay_s <= 7.1
     lost = _plan(1006, "", True, 10, b)
     assert lost.reconnect and 0 <= lost.delay_s <= 15.0
+
+
+def test_the_websocket_url_keeps_a_mount_prefix() -> None:
+    assert _ws_url("http://127.0.0.1:8000") == "ws://127.0.0.1:8000/ws"
+    assert _ws_url("https://example.com/chat/") == "wss://example.com/chat/ws"
