@@ -1,8 +1,9 @@
 """A TCP proxy in front of a chatcast server that a test can cut (`drop()`: every open
-connection is closed at once, as a network outage or a dead NAT entry would) and that can
+connection is closed at once, as a network outage or a dead NAT entry would), that can
 corrupt what a WebSocket receives (`corrupt=(old, new)`: bytes replaced, same length, in the
 server → client direction of WebSocket connections only, so the frames stay well-formed
-and REST still tells the truth).
+and REST still tells the truth), or that refuses WebSocket upgrades (`refuse_websockets`,
+see ws_block_proxy.py).
 
 It runs its own event loop in a thread, so a test that blocks (a pseudo-terminal driven by
 pexpect) does not stall it."""
@@ -20,7 +21,7 @@ _UPGRADE = re.compile(rb"^upgrade:\s*websocket\s*$", re.I | re.M)
 
 class TcpProxy:
     def __init__(self, upstream_port: int, *, corrupt: tuple[bytes, bytes] | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 refuse_websockets: bool = False, host: str = "127.0.0.1") -> None:
         if corrupt is not None and len(corrupt[0]) != len(corrupt[1]):
             raise ValueError("a corruption must keep the length (WebSocket framing)")
         self.upstream = (host, upstream_port)
@@ -28,6 +29,8 @@ class TcpProxy:
         self.port = 0
         self.corrupt = corrupt
         self.corrupted = 0  # replacements made
+        self.refuse_websockets = refuse_websockets
+        self.refused = 0  # WebSocket upgrades refused
         self.websockets = 0  # WebSocket connections seen
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -78,11 +81,23 @@ class TcpProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             writer.close()
             return
         is_ws = bool(_UPGRADE.search(head))
+        if is_ws and self.refuse_websockets:
+            self.refused += 1
+            writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
         self.websockets += is_ws
         self._writers |= {writer, up_writer}
         up_writer.write(head)
@@ -96,7 +111,7 @@ class TcpProxy:
                         data = data.replace(*self.corrupt)
                     dst.write(data)
                     await dst.drain()
-            except (ConnectionError, OSError):
+            except (ConnectionError, OSError, asyncio.CancelledError):
                 pass
             finally:
                 dst.close()
