@@ -139,8 +139,8 @@ class TerminalChat:
     async def run(self) -> int:
         reader = _LineReader(asyncio.get_running_loop())
         where = f"chat {self.chat}" if self.chat else "a new chat"
-        self.console.print(f"[dim]chatcast · {self.client.url} · {where} · /help for "
-                           "commands, Ctrl-C stops an answer[/dim]")
+        self.console.print(Text(f"chatcast · {self.client.url} · {where} · /help for "
+                                "commands, Ctrl-C stops an answer", style="dim"))
         if self.chat:
             await self._show_history()
         while not self.quit.is_set():
@@ -151,9 +151,10 @@ class TerminalChat:
                 if not await self._handle(line.strip()):
                     break
             except ServerError as exc:
-                self.console.print(f"[red][{exc.wire_code}] {exc.message}[/red]")
+                self.console.print(Text(f"[{exc.wire_code}] {exc.message}", style="red"))
             except (httpx.HTTPError, ConnectionError, TimeoutError) as exc:
-                self.console.print(f"[red]connection: {exc.__class__.__name__} {exc}[/red]")
+                self.console.print(Text(f"connection: {exc.__class__.__name__} {exc}",
+                                        style="red"))
         self.console.print("[dim]bye[/dim]")
         return 0
 
@@ -190,7 +191,8 @@ class TerminalChat:
         elif name in ("/regen", "/continue") and self.chat:
             await self._again(name)
         else:
-            self.console.print(f"[dim]unknown command {name} (or nothing to do); /help[/dim]")
+            self.console.print(Text(f"unknown command {name} (or nothing to do); /help",
+                                    style="dim"))
         return True
 
     async def _again(self, name: str) -> None:
@@ -212,7 +214,7 @@ class TerminalChat:
         try:
             rows = await self.client.messages(self.chat, limit=6)
         except ServerError as exc:
-            self.console.print(f"[red]{exc.message}[/red]")
+            self.console.print(Text(exc.message, style="red"))
             self.chat = None
             return
         for m in rows:
@@ -301,17 +303,15 @@ def _ending(done: Done) -> str:
 
 async def _main(url: str, *, token: str | None, chat: str | None, model: str | None,
                 console: Console) -> int:
+    client = connect(url, token=token)
     try:
-        client = connect(url, token=token)
-        await client.open()
+        await client.open()  # (closes what it opened when it fails)
     except ServerError as exc:
-        console.print(f"[red]chatcast: {url} refused: {exc.message}[/red]")
-        await client.close()
+        console.print(Text(f"chatcast: {url} refused: {exc.message}", style="red"))
         return 1
     except (httpx.HTTPError, OSError, TimeoutError, ConnectionError, ValueError) as exc:
-        console.print(f"[red]chatcast: cannot reach {url} ({exc.__class__.__name__}: "
-                      f"{exc}); is the server running (scripts/serve)?[/red]")
-        await client.close()
+        console.print(Text(f"chatcast: cannot reach {url} ({exc.__class__.__name__}: {exc}); "
+                           "is the server running (scripts/serve)?", style="red"))
         return 1
     app = TerminalChat(client, console, chat=chat, model=model)
     loop = asyncio.get_running_loop()

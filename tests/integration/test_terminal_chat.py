@@ -1,9 +1,11 @@
 """`chatcast chat` in a pseudo-terminal against a real server: a typed prompt streams its
 reasoning (dimmed) and answer, Ctrl-C stops it (the server records `stopped`), a second
-Ctrl-C quits with 0, and a connection cut mid-answer resumes to the stored text."""
+Ctrl-C quits with 0, and a connection cut mid-answer resumes to the stored text. Piped
+input works too; an unreachable or refusing server is a clear line and exit 1."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import pexpect
@@ -11,8 +13,10 @@ import pytest
 from sqlalchemy import text
 
 from chatcast.store.db import make_engine
+from tests.conftest import ServerFactory
 from tests.helpers.server import ServerProcess
 from tests.helpers.tcp_proxy import TcpProxy
+from tests.integration.test_auth import create_token
 
 pytestmark = pytest.mark.timeout(180)
 #: Generous: the machine may be loaded; every expect is bounded by it.
@@ -88,3 +92,29 @@ async def test_commands_and_a_dropped_connection_resumes(slow_srv: ServerProcess
         finally:
             child.close(force=True)
         assert child.exitstatus == 0, child.before
+
+
+async def run_piped(srv: ServerProcess, url: str, stdin: bytes,
+                    *args: str) -> tuple[int, str]:
+    """`chatcast chat` with its input from a pipe (a script, not a person)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chatcast.server.cli", "chat", url, *args, env=srv.environment(),
+        cwd=srv.data_dir, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(stdin), WAIT_S)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_piped_input_and_refusals(server: ServerFactory) -> None:
+    srv = await server(env={"CHATCAST_DEMO_TOKENS_PER_S": "200"})
+    code, out = await run_piped(srv, srv.url, b"echo: piped [b]in[/b]\n")
+    assert code == 0 and "piped [b]in[/b]" in out and out.rstrip().endswith("bye"), out
+    code, out = await run_piped(srv, "http://127.0.0.1:1", b"")
+    assert code == 1 and "cannot reach" in out, out
+    token_srv = await server(env={"CHATCAST_AUTH": "token"})
+    code, out = await run_piped(token_srv, token_srv.url, b"hi\n")
+    assert code == 1 and "refused" in out, out
+    code, out = await run_piped(token_srv, token_srv.url, b"echo: with a token\n", "--token",
+                                create_token(token_srv, "terminal-user"))
+    assert code == 0 and "with a token" in out, out
