@@ -45,6 +45,7 @@ class Code(StrEnum):
     TOO_LARGE = "too_large"
     PROVIDER_ERROR = "provider_error"
     PROVIDER_UNAVAILABLE = "provider_unavailable"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
     INTERNAL = "internal"
 
 
@@ -65,5 +66,6 @@ CODES: dict[Code, CodeInfo] = {
     Code.TOO_LARGE: CodeInfo(413, False),
     Code.PROVIDER_ERROR: CodeInfo(502, False),
     Code.PROVIDER_UNAVAILABLE: CodeInfo(503, True),
+    Code.STORAGE_UNAVAILABLE: CodeInfo(503, True),
     Code.INTERNAL: CodeInfo(500, True),
 }

@@ -71,3 +71,19 @@ class TooManyGenerations(ChatcastError):
 
 class Unauthorized(ChatcastError):
     code = Code.UNAUTHORIZED
+
+
+#: Seconds a client should wait before retrying a request refused for storage_unavailable.
+STORAGE_RETRY_AFTER_S = 2
+
+
+class StorageUnavailable(ChatcastError):
+    """The database cannot be reached (down, restarting, connections lost). Nothing was
+    half-written: the request may be repeated as is (`retry_after` seconds later); a
+    generation already under way is not affected (its end is saved when the database is
+    back)."""
+
+    code = Code.STORAGE_UNAVAILABLE
+
+    def __init__(self, message: str = "the database is unavailable; try again shortly") -> None:
+        super().__init__(message, retry_after=STORAGE_RETRY_AFTER_S)

@@ -252,6 +252,23 @@ def done(chat: str, gen: str, seq: int, status: str, msg: dict[str, Any], *,
     return Event(data)
 
 
+def saving(chat: str, gen: str, last_seq: int, status: str, content: str, reasoning: str,
+           usage: dict[str, Any] | None = None) -> Event:
+    """The answer is over (`status`, after the delta at `last_seq`) but not yet saved: the
+    database is unavailable and its final write is being retried. Its `done` follows once
+    the write lands; `length`/`sha256` (and `reasoning_*`) already let a client check that
+    it has the whole text. Unpositioned (no `seq`): it adds nothing to the log."""
+    length, sha = content_digest(content)
+    reasoning_length, reasoning_sha = content_digest(reasoning)
+    data: dict[str, Any] = {"type": "saving", "chat": chat, "gen": gen, "last_seq": last_seq,
+                            "status": status, "length": length, "sha256": sha,
+                            "reasoning_length": reasoning_length,
+                            "reasoning_sha256": reasoning_sha}
+    if usage:
+        data["usage"] = usage
+    return Event(data)
+
+
 def sse_frame(event: Event) -> bytes:
     """One Server-Sent Events frame; deltas and dones carry `id: gen:seq`."""
     head = b"event: " + event.type.encode() + b"\n"

@@ -262,6 +262,7 @@ async def readyz(request: Request) -> Response:
     """
     svc = services(request)
     checks = {"store": await svc.repo.ping(), "bus": await _bus_ok(svc)}
+    svc.runner.outages.seen(store=checks["store"], bus=checks["bus"])
     ok = all(checks.values()) and not svc.shutting_down.is_set()
     return OrjsonResponse({"status": "ok" if ok else "unavailable", **checks},
                           status_code=200 if ok else 503)

@@ -83,6 +83,15 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return plain_error(code, str(exc.detail), exc.status_code)
 
 
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    """Whatever escaped a route or a middleware still answers in the protocol's shape: a
+    refusal raised outside the routes (e.g. storage unavailable in the identity middleware)
+    as itself, anything else as `internal` (logged with its traceback by the server)."""
+    if isinstance(exc, ChatcastError):
+        return error_response(exc)
+    return error_response(ChatcastError("internal error", code=Code.INTERNAL))
+
+
 def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings()
 
@@ -112,7 +121,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         lifespan=lifespan,
         middleware=[Middleware(CrossSiteGuard, allowed=settings.allowed_origins),
                     Middleware(IdentityMiddleware, anonymous=settings.auth == "anonymous")],
-        exception_handlers={ChatcastError: on_chatcast_error, HTTPException: on_http_error},
+        exception_handlers={ChatcastError: on_chatcast_error, HTTPException: on_http_error,
+                            Exception: on_unexpected},
     )
     # `/ws` sockets skip the app's layers (see WebSocketFastPath); the route above stays
     # for anything that calls the Starlette app directly.

@@ -73,6 +73,7 @@ def serve(args: argparse.Namespace) -> None:
         ws_ping_timeout=settings.ws_ping_interval_s,
         log_config=log_config(settings.log_level, settings.log_format),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+        timeout_keep_alive=max(1, round(settings.http_keepalive_s)),
         proxy_headers=True,
     )
     log.info("websocket write path: %s", describe_write_path(SANSIO_WS))

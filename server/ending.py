@@ -23,9 +23,11 @@ DONE_ATTEMPTS = 12
 async def publish_done(logs: GenerationLog, chat_id: str, gen_id: str, seq: int, status: str,
                        msg: dict[str, Any], usage: dict[str, Any] | None,
                        error: dict[str, Any] | None,
-                       lost: list[LogEntry] | None = None) -> None:
+                       lost: list[LogEntry] | None = None,
+                       attempts: int = DONE_ATTEMPTS) -> bool:
     """Append the generation's `done` at `seq + 1` and end its log. `lost`: the owner's
-    copy of a log the bus lost, written again first (so the `done` follows every delta)."""
+    copy of a log the bus lost, written again first (so the `done` follows every delta).
+    Whether the log has a `done` now (this one, or another process's)."""
     event = protocol.done(chat_id, gen_id, seq + 1, status, msg, usage=usage, err=error)
     unrestored = lost
 
@@ -39,8 +41,10 @@ async def publish_done(logs: GenerationLog, chat_id: str, gen_id: str, seq: int,
 
     try:
         await retry(attempt, retry_on=BusUnavailable, backoff=DONE_BACKOFF,
-                    attempts=DONE_ATTEMPTS)
+                    attempts=attempts)
     except LogSealed:
         pass  # another process published this generation's done
     except BusUnavailable:
         log.error("done not published: bus unavailable", extra={"gen": gen_id, "chat": chat_id})
+        return False
+    return True

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from chatcast.core.codes import Close
+from chatcast.core.errors import StorageUnavailable
 from chatcast.core.protocol import Cursor, Event
 from chatcast.core.retry import Backoff, retry
 from chatcast.server.bus.base import BusUnavailable, ChatFanout
@@ -133,11 +134,13 @@ class Hub:
 
     async def _resync(self, sub: Subscriber, chat: str, cursor: Cursor | None) -> None:
         try:  # a moment of overload or a reconnect: try again
-            events = await retry(lambda: self.catch_up(chat, cursor), retry_on=BusUnavailable,
+            events = await retry(lambda: self.catch_up(chat, cursor),
+                                 retry_on=(BusUnavailable, StorageUnavailable),
                                  backoff=RESYNC_BACKOFF, attempts=RESYNC_ATTEMPTS)
-        except BusUnavailable:
-            log.warning("bus unavailable for a resync; closing the client so it resumes "
-                        "itself", extra={"chat": chat})
+        except (BusUnavailable, StorageUnavailable) as exc:
+            log.warning("%s for a resync; closing the client so it resumes itself",
+                        "bus unavailable" if isinstance(exc, BusUnavailable) else
+                        "database unavailable", extra={"chat": chat})
         except Exception:
             log.exception("resync failed; closing the client so it resumes itself")
         else:

@@ -111,12 +111,20 @@ AUTH_REFUSED = Counter("chatcast_auth_refused_total",
                        "Requests and handshakes refused for missing or invalid credentials",
                        registry=REGISTRY)
 
+OUTAGES = Counter("chatcast_outages_total",
+                  "Outages this process saw, by component (store = the database, bus = Redis)",
+                  ["component"], registry=REGISTRY)
+COMPONENT_UP = Gauge("chatcast_component_up",
+                     "Whether the component answered this process's last call (1) or not (0)",
+                     ["component"], registry=REGISTRY)
+
 
 STATUSES = ("completed", "stopped", "error", "interrupted")
 SCENARIOS = ("before_first_token", "mid_stream", "idle_timeout", "wall_clock_limit",
              "fallback_used")
 ACTIONS = ("send", "stop", "regenerate", "continue", "copy", "reconnect",
            "transport_fallback")
+COMPONENTS = ("store", "bus")
 LIMITS = ("messages", "generations", "frames", "sockets", "client_reports")
 
 
@@ -130,6 +138,9 @@ def _init() -> None:
         USER_ACTIONS.labels(action)
     for limit in LIMITS:
         RATE_LIMITED.labels(limit)
+    for component in COMPONENTS:
+        OUTAGES.labels(component)
+        COMPONENT_UP.labels(component).set(1)
     for use in ("answer", "last_fallback"):
         for result in ("hit", "miss"):
             CACHE_LOOKUPS.labels(use, result)

@@ -1,11 +1,18 @@
 """Orphans: generations whose owning process died. They are marked `interrupted`, keep the
-text tabs already saw, and their subscribers get `done{interrupted}`."""
+text tabs already saw, and their subscribers get `done{interrupted}`.
+
+An owner is alive as long as its lease is: a generation whose lease is held is never taken,
+whatever state SQL shows (e.g. an answer whose final write waits for the database). One
+exception to `interrupted`: an owner that shut down with its answer complete but unsaved
+left that answer's `done` in the bus log (handed over), and it is saved as that `done` says
+(status, text, usage), not as an interruption."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Container
 
+from chatcast.core.protocol import Event
 from chatcast.server.bus.base import BusUnavailable, GenerationLog, Leases
 from chatcast.server.ending import publish_done
 from chatcast.server.replay import text_so_far
@@ -27,57 +34,73 @@ class Reaper:
 
     async def sweep(self) -> int:
         """Interrupt active generations whose owner's lease is gone on two sweeps in a row
-        (a living owner re-creates a lease lost with Redis before the second)."""
+        (a living owner re-creates a lease lost with Redis before the second). Raises
+        BusUnavailable or StorageUnavailable while either is down (nothing is reaped)."""
         reaped = 0
         missing, self._missing = self._missing, set()
         for gen in await self.repo.active_generations():
             if gen.id in self.local:
                 continue
-            try:
-                if await self.leases.lease_owner(gen.id) is not None:
-                    continue
-            except BusUnavailable:
-                return reaped  # cannot tell now; nothing is reaped while the bus is down
+            # BusUnavailable ends the sweep: whose lease is gone cannot be told now, and
+            # nothing is reaped while the bus is down.
+            if await self.leases.lease_owner(gen.id) is not None:
+                continue
             if gen.id not in missing:
                 self._missing.add(gen.id)  # confirm on the next sweep
                 continue
-            try:
-                await self.logs.seal(gen.id)  # a living owner cannot add text after this
-            except BusUnavailable:
-                return reaped
-            content, reasoning, seq = await self._recover_text(gen)
-            final = await self.repo.finish(gen.id, "interrupted", content, seq,
-                                           meta=gen.meta, only_if_active=True,
-                                           reasoning=reasoning)
-            if final is None:
-                continue  # someone else finished it
-            reaped += 1
-            log.warning("generation interrupted: its owner is gone",
-                        extra={"gen": gen.id, "chat": gen.chat_id, "owner": gen.owner})
-            await publish_done(self.logs, gen.chat_id, gen.id, seq, "interrupted",
-                               message_dict(final), None, None)
+            await self.logs.seal(gen.id)  # a living owner cannot add text after this
+            if await self._reap(gen):
+                reaped += 1
         return reaped
 
-    async def _recover_text(self, gen: Generation) -> tuple[str, Reasoning, int]:
+    async def _reap(self, gen: Generation) -> bool:
+        """End a dead owner's generation in SQL (and tell its tabs); False if another
+        process ended it first."""
+        content, reasoning, seq, handed = await self._recover_text(gen)
+        if handed is not None:
+            data = handed.data
+            msg = data.get("message") or {}
+            final = await self.repo.finish(
+                gen.id, str(data["status"]), str(msg.get("content", content)), seq,
+                usage=data.get("usage"), error=data.get("error"), meta=gen.meta,
+                only_if_active=True, reasoning=reasoning, message_meta=msg.get("metadata"))
+            if final is not None:  # its tabs got the done from the log already
+                log.warning("generation saved from the end its owner handed over",
+                            extra={"gen": gen.id, "chat": gen.chat_id, "owner": gen.owner,
+                                   "status": data["status"]})
+            return final is not None
+        final = await self.repo.finish(gen.id, "interrupted", content, seq,
+                                       meta=gen.meta, only_if_active=True,
+                                       reasoning=reasoning)
+        if final is None:
+            return False  # someone else finished it
+        log.warning("generation interrupted: its owner is gone",
+                    extra={"gen": gen.id, "chat": gen.chat_id, "owner": gen.owner})
+        await publish_done(self.logs, gen.chat_id, gen.id, seq, "interrupted",
+                           message_dict(final), None, None)
+        return True
+
+    async def _recover_text(self, gen: Generation) -> tuple[str, Reasoning, int, Event | None]:
         """A dead owner's text and reasoning: the SQL checkpoint plus whatever the log has
-        after it, so what tabs already showed is kept."""
+        after it, so what tabs already showed is kept; and the `done` after it, if the owner
+        handed its answer over."""
         active = await self.repo.active_with_message(gen.chat_id)
         if active is None or active[0].id != gen.id:
             msg = await self.repo.get_message(gen.message_id)
             if msg is None:
-                return "", Reasoning(), gen.last_seq
-            return msg.content, _ended(Reasoning.of(msg)), gen.last_seq
+                return "", Reasoning(), gen.last_seq, None
+            return msg.content, _ended(Reasoning.of(msg)), gen.last_seq, None
         checkpoint, msg = active
         reasoning = Reasoning.of(msg)
         try:
             so_far = await text_so_far(self.logs, gen.id, msg.content, reasoning.text,
                                        checkpoint.last_seq)
         except BusUnavailable:
-            return msg.content, _ended(reasoning), checkpoint.last_seq
+            return msg.content, _ended(reasoning), checkpoint.last_seq, None
         reasoning.text = so_far.reasoning
         if so_far.reasoning_in_log:
             reasoning.started_at = reasoning.started_at or gen.started_at
-        return so_far.content, _ended(reasoning), so_far.seq
+        return so_far.content, _ended(reasoning), so_far.seq, so_far.done
 
 
 def _ended(reasoning: Reasoning) -> Reasoning:

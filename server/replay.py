@@ -85,6 +85,9 @@ class TextSoFar:
     reasoning: str
     seq: int
     reasoning_in_log: bool = False  # the log added reasoning the checkpoint did not have
+    #: The `done` right after the text, when the log has one (an owner that shut down with
+    #: its answer unsaved left it there for the orphan sweep: see Runner._hand_over).
+    done: Event | None = None
 
 
 async def text_so_far(logs: GenerationLog, gen: str, content: str, reasoning: str,
@@ -94,6 +97,8 @@ async def text_so_far(logs: GenerationLog, gen: str, content: str, reasoning: st
     placed, so it is left out; a log that is unknown adds nothing."""
     so_far = TextSoFar(content, reasoning, checkpoint_seq)
     for event in await logs.read_log(gen, checkpoint_seq) or ():
+        if event.type == "done" and event.seq == so_far.seq + 1:
+            so_far.done = event
         if event.type != "delta" or event.seq != so_far.seq + 1:
             break
         part, text = protocol.delta_part(event)

@@ -35,11 +35,18 @@ from chatcast.server import metrics
 from chatcast.server.answers import Answers, message_meta
 from chatcast.server.bus.base import Bus, BusUnavailable, LogEntry, LogSealed, log_entry
 from chatcast.server.ending import publish_done
+from chatcast.server.outages import Outages
 from chatcast.server.pacing import Pacer
 from chatcast.server.reaper import Reaper
 from chatcast.server.settings import Settings
-from chatcast.store.ids import utcnow
-from chatcast.store.models import Generation, Message, Reasoning, message_dict
+from chatcast.store.ids import iso, utcnow
+from chatcast.store.models import (
+    TERMINAL_TO_MESSAGE,
+    Generation,
+    Message,
+    Reasoning,
+    message_dict,
+)
 from chatcast.store.repo import Checkpoint, Repo, Started
 
 log = logging.getLogger("chatcast.runner")
@@ -69,9 +76,13 @@ _STATUS = {State.STREAMING: "completed", State.TIMED_OUT: "error",
 
 TIME_LIMIT_ERROR = {"code": str(Code.PROVIDER_UNAVAILABLE),
                     "message": "the answer took longer than the time limit"}
-#: The final SQL write is retried after 0.2 s, doubling to 5 s, 8 tries in all.
-FINAL_WRITE_BACKOFF = Backoff(base_s=0.2, max_s=5.0)
-FINAL_WRITE_ATTEMPTS = 8
+#: The final SQL write is retried after 0.2 s, doubling to 5 s, jittered (so the processes
+#: of a deployment do not all hit a database that just came back at once), with no limit on
+#: the number of tries: an answer's end is never given up while the process lives.
+FINAL_WRITE_BACKOFF = Backoff(base_s=0.2, max_s=5.0, jitter=0.5)
+#: Bus tries for the `done` that hands an unsaved answer over at shutdown (shutdown cannot
+#: wait for long).
+HANDOVER_ATTEMPTS = 3
 
 
 @dataclass(slots=True)
@@ -92,6 +103,11 @@ class Running:
     message_id: str
     content: str
     reasoning: Reasoning = field(default_factory=Reasoning)
+    #: The answer's message row as it started (its id, times, …), for a `done` built from
+    #: memory when the answer is handed over at shutdown.
+    assistant: Message | None = None
+    #: The user message a send stored, announced to the chat's other tabs by the task.
+    announce: Message | None = None
     seq: int = 0
     state: State = State.STREAMING
     pump: asyncio.Task[None] | None = None
@@ -99,6 +115,8 @@ class Running:
     meta: dict[str, Any] = field(default_factory=dict)
     log: LogCopy = field(default_factory=LogCopy)
     checkpointed: int = 0  # the seq the last SQL checkpoint reached
+    checkpointed_chars: int = 0  # and the length of the content it wrote
+    saving_since: float | None = None  # the final write failed first then (monotonic)
     # Where the pump is, not a state of the generation: inside a bus call, whose outcome a
     # cancellation would leave unknown, so a halt then takes effect when the call returns.
     in_bus_call: bool = False
@@ -126,6 +144,7 @@ class Runner:
         self.running: dict[str, Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._starts: set[asyncio.Future[Started]] = set()
+        self.outages = Outages()
         self.reaper = Reaper(repo, bus, bus, self.running)
         self._checkpoints: asyncio.Task[None] | None = None
         # Orders checkpoints before final writes (a late checkpoint never overwrites them).
@@ -164,10 +183,7 @@ class Runner:
                                              provider, model, self.bus.owner)
         if not started.repeated:
             assert started.user_message is not None
-            event = protocol.message(chat_id, message_dict(started.user_message))
-            with contextlib.suppress(BusUnavailable):  # other tabs resync from SQL later
-                await self.bus.publish(event)
-            await self._launch(started)
+            await self._launch(started, announce=started.user_message)
         return started
 
     async def _regenerate(self, user_id: str, chat_id: str, message_id: str | None) -> Started:
@@ -245,29 +261,54 @@ class Runner:
 
     # The generation itself -----------------------------------------------------------
 
-    async def _launch(self, started: Started) -> None:
+    async def _launch(self, started: Started, announce: Message | None = None) -> None:
         """Start the generation's task; return once its `start` is on the bus.
 
-        Everything after the SQL rows exist runs inside the task, so a caller that goes away
-        (its socket closed, its request cancelled) cannot leave the generation half-started:
-        whatever happens, the task ends it with one terminal state."""
+        Everything after the SQL rows exist runs inside the task (announcing the user
+        message too), so neither a caller that goes away (its socket closed, its request
+        cancelled) nor a bus call that fails can leave the generation half-started: whatever
+        happens, the task ends it with one terminal state. A task that ends without its end
+        (cancelled before it ran) is at least not left in `running` (see `_task_ended`)."""
         gen = started.generation
         base = started.base_reasoning
         running = Running(gen, gen.chat_id, gen.message_id, started.base_content,
-                          Reasoning(base.text, base.started_at, base.ended_at))
+                          Reasoning(base.text, base.started_at, base.ended_at),
+                          assistant=started.assistant, announce=announce)
         self.running[gen.id] = running
         begun: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._run(running, begun),
                                                       name=f"generation-{gen.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _task: self._task_ended(running, begun))
         if self._checkpoints is None or self._checkpoints.done():
             self._checkpoints = asyncio.get_running_loop().create_task(
                 self._checkpoint_loop(), name="runner-checkpoints")
         self.pacer.start()
         await begun
 
+    def _task_ended(self, r: Running, begun: asyncio.Future[None]) -> None:
+        """A generation's task is over. Normally its end removed it from `running`; if not
+        (the task was cancelled before it could end the generation), it is removed here and
+        its SQL row is left to the orphan sweep, which ends it within a lease period."""
+        if not begun.done():
+            begun.set_result(None)
+        if self.running.get(r.gen.id) is r:
+            del self.running[r.gen.id]
+            if r.pump is not None:  # `_run` had counted it
+                metrics.ACTIVE_GENERATIONS.dec()
+            log.error("generation task ended before the generation did; the orphan sweep "
+                      "ends it", extra={"gen": r.gen.id, "chat": r.chat_id, "seq": r.seq})
+
     async def _begin(self, r: Running) -> None:
+        if r.announce is not None:  # the user message, to the chat's other tabs
+            event = protocol.message(r.chat_id, message_dict(r.announce))
+            try:
+                await self.bus.publish(event)
+            except BusUnavailable:
+                pass  # other tabs resync from SQL when the bus is back
+            except Exception:  # the answer goes on; the tabs see the message in history
+                log.exception("user message not announced", extra={"gen": r.gen.id})
         await self._refresh_lease(r)
         # `start` opens the generation's log at seq 0, so a cursor (gen, 0) is replayable
         # before the first delta exists.
@@ -435,21 +476,25 @@ class Runner:
         per generation, and the pumps never wait for SQL. Ends when nothing runs."""
         while self.running:
             await asyncio.sleep(self.settings.checkpoint_interval_s)
-            async with self._write_lock:
-                due = [r for r in self.running.values()
-                       if r.state is not State.FINISHING and r.seq > r.checkpointed]
-                items = [Checkpoint(r.gen.id, r.message_id, r.content, r.seq,
-                                    Reasoning(r.reasoning.text, r.reasoning.started_at,
-                                              r.reasoning.ended_at)) for r in due]
-                if not items:
-                    continue
-                try:
-                    await self.repo.checkpoint_many(items)
-                except Exception:  # the final write retries; a missed checkpoint loses nothing
-                    log.exception("checkpoint failed", extra={"generations": len(items)})
-                    continue
-                for r, item in zip(due, items, strict=True):
-                    r.checkpointed = item.seq
+            # A failed checkpoint loses nothing (the text is in memory and in the bus log, the
+            # next one writes it all): an outage is logged once, and the loop goes on.
+            with self.outages.tick("checkpoint"):
+                await self._checkpoint_once()
+
+    async def _checkpoint_once(self) -> None:
+        async with self._write_lock:
+            due = [r for r in self.running.values()
+                   if r.state is not State.FINISHING and r.seq > r.checkpointed]
+            items = [Checkpoint(r.gen.id, r.message_id, r.content, r.seq,
+                                Reasoning(r.reasoning.text, r.reasoning.started_at,
+                                          r.reasoning.ended_at)) for r in due]
+            if not items:
+                return
+            await self.repo.checkpoint_many(items)
+            self.outages.store.back()
+            for r, item in zip(due, items, strict=True):
+                r.checkpointed = item.seq
+                r.checkpointed_chars = len(item.content)
 
     async def _refresh_lease(self, r: Running) -> None:
         with contextlib.suppress(BusUnavailable):  # logged by _append; leases come back
@@ -467,11 +512,16 @@ class Runner:
                             system_prompt=self.settings.system_prompt)
 
     async def _finish(self, r: Running, status: str, error: dict[str, Any] | None) -> None:
-        """Commit the final content to SQL (retrying), then publish `done`."""
-        msg = await self._commit_final(r, status, error)
-        self.running.pop(r.gen.id, None)
-        metrics.ACTIVE_GENERATIONS.dec()
-        self._observe_end(r, status)
+        """Commit the final content to SQL (retried until it lands), then publish `done`.
+        Cancelled meanwhile (shutdown while the database is still unavailable), the answer
+        is handed over or its loss logged (`_hand_over`)."""
+        try:
+            msg = await self._commit_final(r, status, error)
+        except asyncio.CancelledError:
+            await self._hand_over(r, status, error)
+            self._forget(r, status)
+            raise
+        self._forget(r, status)
         if msg is not None:
             await publish_done(self.bus, r.chat_id, r.gen.id, r.seq, status, message_dict(msg),
                                r.usage, error, lost=r.log.entries if r.log.lost else None)
@@ -483,7 +533,15 @@ class Runner:
                  "duration_s": round(time.monotonic() - r.started, 3)}
         if r.meta.get("cached"):
             extra["cache"] = r.meta["cache"]
+        if r.saving_since is not None:
+            extra["saving_s"] = round(time.monotonic() - r.saving_since, 3)
         log.info("generation ended", extra=extra)
+
+    def _forget(self, r: Running, status: str) -> None:
+        """The generation is no longer this process's: out of `running`, counted."""
+        self.running.pop(r.gen.id, None)
+        metrics.ACTIVE_GENERATIONS.dec()
+        self._observe_end(r, status)
 
     def _observe_end(self, r: Running, status: str) -> None:
         now = time.monotonic()
@@ -498,29 +556,103 @@ class Runner:
 
     async def _commit_final(self, r: Running, status: str,
                             error: dict[str, Any] | None) -> Message | None:
-        """The final content, status and usage to SQL (retried), if another process has not
-        ended the generation; the message as written, or None."""
+        """The final content, status and usage to SQL, if another process has not ended the
+        generation; the message as written, or None.
+
+        Retried until it lands (only a cancellation ends the wait): meanwhile the generation
+        stays in `running`, so its lease is kept and no orphan sweep takes it, its text stays
+        here and in the bus log, and the chat's tabs are told once (`saving`) that the
+        answer is complete but not yet saved."""
         r.state = State.FINISHING
         if r.reasoning.started_at is not None and r.reasoning.ended_at is None:
             r.reasoning.ended_at = utcnow()  # it never got to its answer
 
         async def write() -> Message | None:
-            async with self._write_lock:
-                return await self.repo.finish(
-                    r.gen.id, status, r.content, r.seq, usage=r.usage, error=error,
-                    meta=r.meta, only_if_active=True, reasoning=r.reasoning,
-                    message_meta=message_meta(r.meta))
+            try:
+                async with self._write_lock:
+                    msg = await self.repo.finish(
+                        r.gen.id, status, r.content, r.seq, usage=r.usage, error=error,
+                        meta=r.meta, only_if_active=True, reasoning=r.reasoning,
+                        message_meta=message_meta(r.meta))
+            except Exception as exc:
+                self.outages.failed(exc, "final write")
+                if r.saving_since is None:
+                    r.saving_since = time.monotonic()
+                    await self._tell_saving(r, status)
+                raise
+            self.outages.store.back()
+            if msg is None and r.saving_since is not None:
+                # A try whose answer was lost with the connection may have landed.
+                return await self._landed(r, status)
+            return msg
 
-        def retrying(attempt: int, exc: BaseException, pause: float) -> None:
-            log.error("final write failed; retrying", exc_info=exc,
-                      extra={"gen": r.gen.id, "attempt": attempt})
+        return await retry(write, retry_on=Exception, backoff=FINAL_WRITE_BACKOFF,
+                           attempts=None)
 
+    async def _tell_saving(self, r: Running, status: str) -> None:
+        """The final write failed: the tabs learn that the answer is complete (its length
+        and digest let them check what they have) and that its `done` follows once it is
+        saved."""
+        log.warning("answer complete; saving it waits for the database",
+                    extra={"gen": r.gen.id, "chat": r.chat_id, "status": status,
+                           "seq": r.seq})
+        event = protocol.saving(r.chat_id, r.gen.id, r.seq, status, r.content,
+                                r.reasoning.text, r.usage)
         try:
-            return await retry(write, retry_on=Exception, backoff=FINAL_WRITE_BACKOFF,
-                               attempts=FINAL_WRITE_ATTEMPTS, on_retry=retrying)
+            await self.bus.publish(event)
+        except BusUnavailable:
+            pass  # the tabs are resynchronised from SQL once both are back
         except Exception:
-            log.exception("final content could not be written", extra={"gen": r.gen.id})
-            return None
+            log.exception("saving event not published", extra={"gen": r.gen.id})
+
+    async def _landed(self, r: Running, status: str) -> Message | None:
+        """After failed tries, the write found the generation already ended: by one of our
+        own tries (its reply lost with the connection) if SQL holds exactly our end."""
+        gen = await self.repo.generation(r.gen.id)
+        msg = await self.repo.get_message(r.message_id)
+        if gen is not None and msg is not None and gen.status == status \
+                and gen.last_seq == r.seq and msg.content == r.content:
+            return msg
+        return None
+
+    async def _hand_over(self, r: Running, status: str, error: dict[str, Any] | None) -> None:
+        """Shutdown came while the final write still failed. With a shared bus (Redis) the
+        answer's `done` goes into its log, built from memory, and the lease is dropped: the
+        orphan sweep of another (or the next) process finds it there and writes it to SQL
+        as it is, status and usage included, once the database is back. With the memory
+        bus nothing outlives the process: the log says exactly what is lost."""
+        if self.bus.shared:
+            msg = self._final_dict(r, status)
+            if await publish_done(self.bus, r.chat_id, r.gen.id, r.seq, status, msg, r.usage,
+                                  error, lost=r.log.entries if r.log.lost else None,
+                                  attempts=HANDOVER_ATTEMPTS):
+                with contextlib.suppress(BusUnavailable):
+                    await self.bus.drop_lease(r.gen.id)
+                log.warning("answer handed over unsaved at shutdown: another process saves "
+                            "it from the bus log when the database is back",
+                            extra={"gen": r.gen.id, "chat": r.chat_id, "status": status,
+                                   "seq": r.seq})
+                return
+        log.error("answer lost at shutdown: the database is unavailable; after a restart "
+                  "it is interrupted with the text of its last checkpoint",
+                  extra={"gen": r.gen.id, "chat": r.chat_id, "status": status,
+                         "seq": r.seq, "saved_seq": r.checkpointed,
+                         "chars": len(r.content),
+                         "lost_chars": len(r.content) - r.checkpointed_chars,
+                         "usage_lost": r.usage is not None})
+
+    def _final_dict(self, r: Running, status: str) -> dict[str, Any]:
+        """The answer's message as the final write would have left it, from memory."""
+        out: dict[str, Any] = message_dict(r.assistant) if r.assistant is not None else {
+            "id": r.message_id, "chat": r.chat_id, "role": "assistant", "gen": r.gen.id,
+            "provider": r.gen.provider, "model": r.gen.model, "client_msg_id": None,
+            "created_at": None}
+        out.update(content=r.content, status=TERMINAL_TO_MESSAGE[status], usage=r.usage,
+                   reasoning=r.reasoning.text,
+                   reasoning_started_at=iso(r.reasoning.started_at),
+                   reasoning_ended_at=iso(r.reasoning.ended_at),
+                   metadata=message_meta(r.meta), completed_at=iso(utcnow()))
+        return out
 
     # Leases and orphans --------------------------------------------------------------
 
@@ -535,13 +667,34 @@ class Runner:
         tick = self.settings.lease_ttl_s / 6
         while True:
             await asyncio.sleep(tick)
-            for running in list(self.running.values()):
-                await self._refresh_lease(running)
-            try:
-                if may_reap is None or await may_reap():
-                    await self.reaper.sweep()
-            except Exception:
-                log.exception("orphan sweep failed")
+            await self._maintain_once(may_reap)
+
+    async def _maintain_once(self, may_reap: Callable[[], Awaitable[bool]] | None) -> None:
+        """One round of `maintain`. Nothing in it may end the loop: a failed lease refresh
+        or sweep is reported (an outage once, a bug with its traceback) and the next round
+        comes as usual."""
+        with self.outages.tick("outage probe"):
+            await self._probe_outages()
+        # The bus is back when its ping says so (commands and live delivery both work),
+        # not when one command worked: that would end an outage while the listener still
+        # reconnects, and /readyz would start another.
+        for running in list(self.running.values()):
+            with self.outages.tick("lease refresh"):
+                await self.bus.refresh_lease(running.gen.id, self.settings.lease_ttl_s / 2)
+        lead = False
+        with self.outages.tick("cleanup lock"):
+            lead = may_reap is None or await may_reap()
+        if lead:
+            with self.outages.tick("orphan sweep", self.outages.store):
+                await self.reaper.sweep()
+
+    async def _probe_outages(self) -> None:
+        """A component that is down is asked each round whether it is back, so that the end
+        of its outage is logged (and its gauge set) also on a process with nothing to do."""
+        if not self.outages.store.up and await self.repo.ping():
+            self.outages.store.back()
+        if not self.outages.bus.up and await self.bus.ping():
+            self.outages.bus.back()
 
     async def close(self, grace_s: float, finish_s: float = 10.0) -> None:
         """Let running generations finish within the grace period, then interrupt the rest:

@@ -14,7 +14,7 @@ from chatcast.core.codes import Close
 from chatcast.providers import Registry
 from chatcast.server import lifecycle, metrics
 from chatcast.server.auth import Authenticator
-from chatcast.server.bus.base import Bus, BusUnavailable
+from chatcast.server.bus.base import Bus
 from chatcast.server.cache import make_cache
 from chatcast.server.hub import Hub, Subscriber
 from chatcast.server.limits import Limits
@@ -112,10 +112,9 @@ class Services:
         process per deployment holds the lock and keeps it while it lives; another takes
         over within two sweep periods after it dies."""
         ttl = self.settings.lease_ttl_s / 3  # two sweeps (one every lease_ttl_s / 6)
-        try:
-            return await self.limits.lead("cleanup", self.bus.owner, ttl)
-        except BusUnavailable:
-            return False  # nothing is reaped while the bus is down anyway
+        # BusUnavailable goes to the maintenance loop, which reports the outage (nothing is
+        # reaped while the bus is down).
+        return await self.limits.lead("cleanup", self.bus.owner, ttl)
 
     async def begin_shutdown(self) -> None:
         """Stop taking clients: readiness fails, every connection is told 1001."""

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = 15.0
     poll_max_wait_s: float = 30.0
     shutdown_grace_s: float = 10.0
+    #: How long an idle HTTP keep-alive connection stays open. Longer than any load
+    #: balancer in front keeps its idle connections (AWS ALB: 60 s), or the balancer reuses
+    #: one the server is closing and its client sees a 502; and far from the 5 s after
+    #: which httpx (and others) stop reusing one, or a request sent at 4.99 s meets the
+    #: close ("Server disconnected without sending a response").
+    http_keepalive_s: float = 75.0
     generation_timeout_s: float = 600.0
 
     log_level: str = "INFO"

@@ -13,6 +13,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from chatcast.core.errors import BadRequest, Busy, NotFound, TooManyGenerations
+from chatcast.store.errors import translate_errors
 from chatcast.store.ids import utcnow
 from chatcast.store.models import (
     TERMINAL_TO_MESSAGE,
@@ -54,6 +55,9 @@ class Checkpoint:
 
 
 class Repo:
+    """Every public method raises StorageUnavailable (never a driver error) when the
+    database cannot be reached (`translate_errors`)."""
+
     def __init__(self, sessions: Sessions, *, max_active_per_user: int | None = None) -> None:
         """`max_active_per_user`: how many generations one user may have active at once
         (None: no limit). Checked inside the transaction that starts a generation."""
@@ -70,6 +74,7 @@ class Repo:
 
     # Users and chats -----------------------------------------------------------------
 
+    @translate_errors
     async def ensure_user(self, user_id: str) -> None:
         async with self.sessions() as s:
             if await s.get(User, user_id) is None:
@@ -79,6 +84,7 @@ class Repo:
                 except IntegrityError:  # created concurrently: fine
                     await s.rollback()
 
+    @translate_errors
     async def create_api_token(self, user_id: str, name: str, token_hash: str) -> ApiToken:
         """Store a token's hash for `user_id` (created if new)."""
         await self.ensure_user(user_id)
@@ -88,6 +94,7 @@ class Repo:
             await s.commit()
         return row
 
+    @translate_errors
     async def list_api_tokens(self, user_id: str | None = None) -> list[ApiToken]:
         async with self.sessions() as s:
             q = select(ApiToken)
@@ -95,6 +102,7 @@ class Repo:
                 q = q.where(ApiToken.user_id == user_id)
             return list(await s.exec(q.order_by(col(ApiToken.created_at))))
 
+    @translate_errors
     async def revoke_api_token(self, token_id: str) -> bool:
         """Delete a token (by its id, never by its value); False if there was none."""
         async with self.sessions() as s:
@@ -105,6 +113,7 @@ class Repo:
             await s.commit()
             return True
 
+    @translate_errors
     async def user_for_token(self, token_hash: str) -> str | None:
         """The user of a token hash, or None; notes when the token was last used."""
         async with self.sessions() as s:
@@ -122,6 +131,7 @@ class Repo:
                 await s.commit()
             return row.user_id
 
+    @translate_errors
     async def create_chat(self, user_id: str, title: str | None = None,
                           provider: str | None = None, model: str | None = None) -> Chat:
         await self.ensure_user(user_id)
@@ -131,16 +141,19 @@ class Repo:
             await s.commit()
         return chat
 
+    @translate_errors
     async def list_chats(self, user_id: str, limit: int = 200) -> list[Chat]:
         async with self.sessions() as s:
             rows = await s.exec(select(Chat).where(Chat.user_id == user_id)
                                 .order_by(col(Chat.updated_at).desc()).limit(limit))
             return list(rows)
 
+    @translate_errors
     async def get_chat(self, user_id: str, chat_id: str) -> Chat:
         async with self.sessions() as s:
             return await _owned_chat(s, user_id, chat_id)
 
+    @translate_errors
     async def find_chat(self, user_id: str, chat_id: str) -> Chat | None:
         """The user's chat, None if no chat has this id, NotFound if another user's has."""
         async with self.sessions() as s:
@@ -149,6 +162,7 @@ class Repo:
             raise NotFound("chat")
         return chat
 
+    @translate_errors
     async def ensure_chat(self, user_id: str, chat_id: str) -> Chat:
         """The user's chat with this id, created (empty) if no chat has it yet; another
         user's is NotFound. For clients that choose their chats' ids themselves."""
@@ -164,6 +178,7 @@ class Repo:
                 await s.rollback()
         return await self.get_chat(user_id, chat_id)
 
+    @translate_errors
     async def update_chat(self, user_id: str, chat_id: str, changes: dict[str, Any]) -> Chat:
         async with self.sessions() as s:
             chat = await _owned_chat(s, user_id, chat_id)
@@ -174,6 +189,7 @@ class Repo:
             await s.commit()
             return chat
 
+    @translate_errors
     async def delete_chat(self, user_id: str, chat_id: str) -> None:
         async with self.sessions() as s:
             chat = await _owned_chat(s, user_id, chat_id)
@@ -188,6 +204,7 @@ class Repo:
 
     # Messages ------------------------------------------------------------------------
 
+    @translate_errors
     async def messages_page(self, chat_id: str, before: str | None = None,
                             limit: int = 50) -> tuple[list[Message], bool]:
         """A page of history, newest page first; messages oldest → newest within the page."""
@@ -199,6 +216,7 @@ class Repo:
         has_more = len(rows) > limit
         return list(reversed(rows[:limit])), has_more
 
+    @translate_errors
     async def history(self, chat_id: str, upto_message: str | None = None) -> list[Message]:
         """The conversation for the model: oldest first, up to (excluding) a message."""
         async with self.sessions() as s:
@@ -207,12 +225,14 @@ class Repo:
                 q = q.where(col(Message.id) < upto_message)
             return list(await s.exec(q.order_by(col(Message.id))))
 
+    @translate_errors
     async def get_message(self, message_id: str) -> Message | None:
         async with self.sessions() as s:
             return await s.get(Message, message_id)
 
     # Generations ---------------------------------------------------------------------
 
+    @translate_errors
     async def start_send(self, user_id: str, chat_id: str, content: str,
                          client_msg_id: str | None, provider: str, model: str,
                          owner: str) -> Started:
@@ -288,6 +308,7 @@ class Repo:
                 return None
             return Started(chat, gen, assistant, user_msg, repeated=True)
 
+    @translate_errors
     async def start_regenerate(self, user_id: str, chat_id: str, message_id: str | None,
                                provider: str, model: str, owner: str) -> Started:
         """A new answer to the last (or given) user message."""
@@ -312,6 +333,7 @@ class Repo:
             await _commit_start(s)
         return Started(chat, gen, assistant, None)
 
+    @translate_errors
     async def start_continue(self, user_id: str, gen_id: str, owner: str) -> Started:
         """A new generation appending to the partial answer of a stopped/interrupted/failed one."""
         async with self.sessions() as s:
@@ -343,6 +365,7 @@ class Repo:
             return Started(chat, gen, assistant, None, base_content=assistant.content,
                            base_reasoning=Reasoning.of(assistant))
 
+    @translate_errors
     async def checkpoint_many(self, items: list[Checkpoint]) -> None:
         """Checkpoints of several generations in one transaction (ORM bulk UPDATE by
         primary key: one executemany per table)."""
@@ -354,6 +377,7 @@ class Repo:
                                                      for c in items])
             await s.commit()
 
+    @translate_errors
     async def finish(self, gen_id: str, status: str, content: str, seq: int, *,
                      usage: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
                      meta: dict[str, Any] | None = None, only_if_active: bool = False,
@@ -395,6 +419,7 @@ class Repo:
             await s.commit()
             return msg
 
+    @translate_errors
     async def get_generation(self, user_id: str, gen_id: str) -> Generation:
         async with self.sessions() as s:
             gen = await s.get(Generation, gen_id)
@@ -402,10 +427,12 @@ class Repo:
             raise NotFound("generation")
         return gen
 
+    @translate_errors
     async def generation(self, gen_id: str) -> Generation | None:
         async with self.sessions() as s:
             return await s.get(Generation, gen_id)
 
+    @translate_errors
     async def active_generation(self, chat_id: str) -> Generation | None:
         async with self.sessions() as s:
             return await self._active_generation(s, chat_id)
@@ -414,6 +441,7 @@ class Repo:
         return (await s.exec(select(Generation).where(
             Generation.chat_id == chat_id, Generation.status == "active"))).first()
 
+    @translate_errors
     async def active_with_message(self, chat_id: str) -> tuple[Generation, Message] | None:
         """The active generation and its message read in ONE statement, so the checkpointed
         content and `last_seq` belong together."""
@@ -424,11 +452,13 @@ class Repo:
                                        Generation.status == "active"))).first()
             return (row[0], row[1]) if row else None
 
+    @translate_errors
     async def latest_generation(self, chat_id: str) -> Generation | None:
         async with self.sessions() as s:
             return (await s.exec(select(Generation).where(Generation.chat_id == chat_id)
                                  .order_by(col(Generation.id).desc()).limit(1))).first()
 
+    @translate_errors
     async def active_generations(self, exclude_owner: str | None = None) -> list[Generation]:
         async with self.sessions() as s:
             q = select(Generation).where(Generation.status == "active")

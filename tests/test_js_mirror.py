@@ -82,9 +82,11 @@ def test_version_and_frame_limit_match() -> None:
 
 def test_event_types_are_the_ones_the_server_builds() -> None:
     js = set(_strings(_block(SOURCE, "EVENT_TYPES")))
-    built = {"ack", "error", "pong", "snapshot", "message", "start", "delta", "done"}
+    built = {"ack", "error", "pong", "snapshot", "message", "start", "delta", "done",
+             "saving"}
     assert js == built
     sample = [protocol.ack("r"), protocol.pong(), protocol.snapshot("c", [], None),
               protocol.message("c", {}), protocol.start("c", "g", "m", "p", "x"),
-              protocol.delta("c", "g", 1, "t"), protocol.done("c", "g", 2, "completed", {})]
+              protocol.delta("c", "g", 1, "t"), protocol.done("c", "g", 2, "completed", {}),
+              protocol.saving("c", "g", 1, "completed", "t", "")]
     assert {e.type for e in sample} <= js

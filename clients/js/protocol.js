@@ -28,6 +28,7 @@ export const EVENT_TYPES = Object.freeze([
   'start',
   'delta',
   'done',
+  'saving',
   'pong',
 ]);
 
@@ -76,6 +77,7 @@ export const Code = Object.freeze({
   TOO_LARGE: 'too_large',
   PROVIDER_ERROR: 'provider_error',
   PROVIDER_UNAVAILABLE: 'provider_unavailable',
+  STORAGE_UNAVAILABLE: 'storage_unavailable',
   INTERNAL: 'internal',
 });
 
@@ -91,6 +93,7 @@ export const CODES = Object.freeze({
   [Code.TOO_LARGE]: { httpStatus: 413, retryable: false },
   [Code.PROVIDER_ERROR]: { httpStatus: 502, retryable: false },
   [Code.PROVIDER_UNAVAILABLE]: { httpStatus: 503, retryable: true },
+  [Code.STORAGE_UNAVAILABLE]: { httpStatus: 503, retryable: true },
   [Code.INTERNAL]: { httpStatus: 500, retryable: true },
 });
 

@@ -129,6 +129,10 @@ class Leases(ABC):
 class Bus(GenerationLog, ChatFanout, StopRequests, Leases):
     """One backend playing every role, connected once per process."""
 
+    #: Whether other processes (and the next run of this one) see this bus: what is in its
+    #: logs outlives this process, so an unsaved answer can be handed over at shutdown.
+    shared: bool = False
+
     @abstractmethod
     async def start(self, on_event: EventHandler, on_stop_requested: StopRequestHandler, *,
                     on_reconnect: ReconnectHandler | None = None) -> None:

@@ -99,6 +99,8 @@ return 0
 
 
 class RedisBus(Bus):
+    shared = True
+
     def __init__(self, url: str, *, retention_s: float = 900.0, prefix: str = "cc:",
                  max_connections: int = 64) -> None:
         self.url = url
@@ -396,6 +398,10 @@ class RedisBus(Bus):
             except (*_DOWN, RedisError) as exc:
                 await self._drop_pubsub(exc)
                 log.warning("Redis pub/sub connection lost (%s); reconnecting", exc)
+                await asyncio.sleep(LISTENER_BACKOFF.base_s)
+            except Exception as exc:  # never the end of live delivery: start afresh
+                await self._drop_pubsub(exc)
+                log.exception("Redis pub/sub listener failed; reconnecting")
                 await asyncio.sleep(LISTENER_BACKOFF.base_s)
 
     async def _read(self, pubsub: PubSub) -> None:

@@ -150,7 +150,8 @@ def openai_api() -> Iterator[FakeServer]:
 #: ended, and what the traffic does not cause (no slow client, no bad credentials).
 ZERO_OK = ("chatcast_active_generations", "chatcast_connected_clients",
            "chatcast_slow_consumer_closes_total", "chatcast_coalesced_deltas_total",
-           "chatcast_auth_refused_total", "chatcast_event_loop_lag_seconds")
+           "chatcast_auth_refused_total", "chatcast_event_loop_lag_seconds",
+           "chatcast_outages_total")
 
 
 def _has_data(expr: str, result: list[dict[str, Any]]) -> bool:
