@@ -73,6 +73,7 @@ function describe(err) {
     not_found: 'This chat does not exist (or is not yours).',
     connection_lost: 'The connection dropped before the server answered.',
     provider_unavailable: 'The model provider is unavailable right now.',
+    storage_unavailable: 'The database is unavailable right now — try again in a moment.',
   };
   return map[err.code] || err.message || 'Something went wrong.';
 }
