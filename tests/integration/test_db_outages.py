@@ -71,11 +71,9 @@ class Deployment:
 
 
 async def deploy(server: ServerFactory, pg: PrivatePostgres,
-                 redis_server: Callable[[], RedisServer], bus: str,
-                 tokens: int) -> Deployment:
+                 redis_server: Callable[[], RedisServer], bus: str) -> Deployment:
     env = {"DATABASE_URL": pg.create_database("chatcast"),
            "CHATCAST_DEMO_TOKENS_PER_S": str(TOKENS_PER_S),
-           "CHATCAST_DEMO_MAX_TOKENS": str(tokens),
            "CHATCAST_LEASE_TTL_S": "3", "CHATCAST_CHECKPOINT_INTERVAL_S": "0.5",
            "CHATCAST_SHUTDOWN_GRACE_S": "1"}
     redis = None
@@ -97,6 +95,12 @@ async def two_tabs(d: Deployment, user: User) -> AsyncIterator[tuple[WSClient, W
     async with await WSClient.connect(d.a.ws_url, cookie=user.cookie) as tab1, \
             await WSClient.connect(d.b.ws_url, cookie=user.cookie) as tab2:
         yield tab1, tab2
+
+
+def echo(words: int) -> str:
+    """A prompt the demo model answers with its own `words` words: an answer of `words`
+    tokens, `words / TOKENS_PER_S` seconds long."""
+    return "echo: " + " ".join(f"w{n}" for n in range(words))
 
 
 def of(gen: str) -> Callable[[dict[str, Any]], bool]:
@@ -163,14 +167,15 @@ def assert_logs_clean(d: Deployment, outages: int) -> None:
     assert '"msg":"database unavailable",' in d.a.logs()
 
 
-async def outage_over_the_end(d: Deployment, user: User, outage_s: float) -> float:
+async def outage_over_the_end(d: Deployment, user: User, outage_s: float,
+                              words: int) -> float:
     """Crash PostgreSQL after the first delta, keep it down `outage_s`, and check both
     tabs and SQL. Returns the seconds from the database back to the tabs' `done`."""
     chat = await user.new_chat()
     async with two_tabs(d, user) as (tab1, tab2):
         await tab1.subscribe(chat)
         await tab2.subscribe(chat)
-        ack = await tab1.request({"type": "send", "chat": chat, "content": "outage"})
+        ack = await tab1.request({"type": "send", "chat": chat, "content": echo(words)})
         gen = ack["gen"]
         await tab2.wait_for("delta", of(gen), timeout=30)
         await d.pg.acrash()
@@ -213,12 +218,12 @@ async def outage_over_the_end(d: Deployment, user: User, outage_s: float) -> flo
 async def test_outage_spanning_the_end_of_an_answer(
         server: ServerFactory, private_pg: PrivatePostgres,
         redis_server: Callable[[], RedisServer], bus: str, outage_s: float) -> None:
-    # The answer must still be streaming when the crash is done (~3 s left for the short
-    # outage, ~8 s for the long one: a slow `pg_ctl stop` on a loaded machine fits in).
-    tokens = 160 if outage_s > 20 else 60
-    d = await deploy(server, private_pg, redis_server, bus, tokens=tokens)
+    # The answer must still be streaming when the crash is done (3 s left for the short
+    # outage, 8 s for the long one: a slow `pg_ctl stop` on a loaded machine fits in).
+    words = 160 if outage_s > 20 else 60
+    d = await deploy(server, private_pg, redis_server, bus)
     async for user in make_user(d.a):
-        took = await outage_over_the_end(d, user, outage_s)
+        took = await outage_over_the_end(d, user, outage_s, words)
         print(f"{bus} bus, {outage_s:.0f} s outage: done {took:.2f} s after the database "
               "was back")
 
@@ -226,7 +231,7 @@ async def test_outage_spanning_the_end_of_an_answer(
 async def test_outage_at_the_start_refuses_the_send_and_writes_nothing(
         server: ServerFactory, private_pg: PrivatePostgres,
         redis_server: Callable[[], RedisServer], bus: str) -> None:
-    d = await deploy(server, private_pg, redis_server, bus, tokens=20)
+    d = await deploy(server, private_pg, redis_server, bus)
     async for user in make_user(d.a):
         chat = await user.new_chat()
         async with two_tabs(d, user) as (tab1, tab2):
@@ -250,7 +255,7 @@ async def test_outage_at_the_start_refuses_the_send_and_writes_nothing(
 async def _send_when_back(tab: WSClient, chat: str) -> dict[str, Any]:
     """The first send after the outage (a client retrying after `retry_after`)."""
     for _ in range(20):
-        reply = await tab.request({"type": "send", "chat": chat, "content": "after"},
+        reply = await tab.request({"type": "send", "chat": chat, "content": echo(20)},
                                   timeout=30)
         if reply["type"] == "ack":
             return reply
@@ -262,14 +267,15 @@ async def _send_when_back(tab: WSClient, chat: str) -> dict[str, Any]:
 async def test_postgres_restarted_twice_during_one_answer(
         server: ServerFactory, private_pg: PrivatePostgres,
         redis_server: Callable[[], RedisServer], bus: str) -> None:
-    # 15 s of answer: two crashes and restarts fit in, also when PostgreSQL is slow to start.
-    d = await deploy(server, private_pg, redis_server, bus, tokens=300)
+    d = await deploy(server, private_pg, redis_server, bus)
     async for user in make_user(d.a):
         chat = await user.new_chat()
         async with two_tabs(d, user) as (tab1, tab2):
             await tab1.subscribe(chat)
             await tab2.subscribe(chat)
-            ack = await tab1.request({"type": "send", "chat": chat, "content": "twice"})
+            # 15 s of answer: two crashes and restarts fit in, also when PostgreSQL is slow
+            # to start on a loaded machine.
+            ack = await tab1.request({"type": "send", "chat": chat, "content": echo(300)})
             gen = ack["gen"]
             seen = 0
             for _restart in range(2):
@@ -298,13 +304,13 @@ async def test_shutdown_during_an_outage_hands_over_or_says_what_is_lost(
     `done` in the log and the other process saves it once the database is back (completed,
     with usage, the text the tabs had). Memory bus: the owner's log says what is lost, and
     after a restart the answer is interrupted with its checkpointed text."""
-    d = await deploy(server, private_pg, redis_server, bus, tokens=60)
+    d = await deploy(server, private_pg, redis_server, bus)
     async for user in make_user(d.a):
         chat = await user.new_chat()
         async with two_tabs(d, user) as (tab1, tab2):
             await tab1.subscribe(chat)
             await tab2.subscribe(chat)
-            ack = await tab1.request({"type": "send", "chat": chat, "content": "shutdown"})
+            ack = await tab1.request({"type": "send", "chat": chat, "content": echo(60)})
             gen = ack["gen"]
             await tab2.wait_for("delta", of(gen), timeout=30)
             await d.pg.acrash()
