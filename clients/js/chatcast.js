@@ -12,7 +12,7 @@ import { ChatState, malformed, verifyContent } from './assembler.js';
 import { reconnectPlan, fullJitter } from './backoff.js';
 import { FrameTooLarge } from './framing.js';
 import { sha256Hex } from './sha256.js';
-import { ChatcastError, httpCommand, httpError, PollTransport, SseTransport, toError, WsTransport } from './transports.js';
+import { ChatcastError, endpoint, httpCommand, httpError, PollTransport, SseTransport, toError, WsTransport } from './transports.js';
 
 export { ChatState, isThinking, malformed, thoughtSeconds } from './assembler.js';
 export { ChatcastError } from './transports.js';
@@ -25,7 +25,9 @@ export * as protocol from './protocol.js';
 
 /**
  * @typedef {object} ClientOptions
- * @property {string} [baseUrl] origin of the server (default: the page's origin)
+ * @property {string} [baseUrl] where chatcast is served: its origin, with the path prefix it is
+ *   mounted under, if any (`https://example.com/chat`); paths such as `/api/chats` are taken
+ *   below it (default: the page's origin)
  * @property {TransportName[]} [transports] tiers to try, in order (default ws, sse, poll)
  * @property {string} [token] API token: sent as `Authorization: Bearer`, and exchanged for a
  *   single-use `?ticket=` for the WebSocket (default: the session cookie is used)
@@ -253,7 +255,7 @@ export class ChatcastClient {
     const ctl = new AbortController();
     const t = setTimeout(() => ctl.abort(), 3000);
     try {
-      const res = await this.opts.fetch(new URL('/healthz', this.opts.baseUrl), { cache: 'no-store', signal: ctl.signal });
+      const res = await this.opts.fetch(endpoint(this.opts.baseUrl, '/healthz'), { cache: 'no-store', signal: ctl.signal });
       return res.ok;
     } catch {
       return false;
@@ -391,7 +393,7 @@ export class ChatcastClient {
     let payload;
     try { payload = JSON.stringify(body); } catch { payload = JSON.stringify({ kind, message: body.message, detail: {} }); }
     const init = this.withAuth({ method: 'POST', headers: { 'Content-Type': 'application/json' }, body: payload, keepalive: true });
-    Promise.resolve().then(() => this.opts.fetch(new URL(url, this.opts.baseUrl), init)).catch(() => { /* best effort */ });
+    Promise.resolve().then(() => this.opts.fetch(endpoint(this.opts.baseUrl, url), init)).catch(() => { /* best effort */ });
     return true;
   }
 
@@ -597,7 +599,7 @@ export class ChatcastClient {
     }
     let res;
     try {
-      res = await this.opts.fetch(new URL(path, this.opts.baseUrl), this.withAuth(init));
+      res = await this.opts.fetch(endpoint(this.opts.baseUrl, path), this.withAuth(init));
     } catch (err) {
       throw new ChatcastError('network', `cannot reach the server (${err && err.message})`, { retryable: true });
     }

@@ -88,8 +88,21 @@ export function httpCommand(api, req, activeGen) {
 }
 
 /** Base URL helpers. */
+/**
+ * The URL of a chatcast path (`/api/…`, `/ws`) on a server whose base URL may carry a path
+ * prefix (chatcast mounted under `/chat` in another app): `endpoint('https://a.b/chat', '/ws')`
+ * is `https://a.b/chat/ws`, where `new URL('/ws', base)` would drop the prefix.
+ * @param {string | URL} base
+ * @param {string} path
+ */
+export function endpoint(base, path) {
+  const root = new URL(String(base));
+  if (!root.pathname.endsWith('/')) root.pathname += '/';
+  return new URL(String(path).replace(/^\/+/, ''), root);
+}
+
 function wsUrl(base, path) {
-  const u = new URL(path, base);
+  const u = endpoint(base, path);
   u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
   return u.toString();
 }
@@ -327,7 +340,7 @@ export class SseTransport extends HttpTransport {
     const params = new URLSearchParams(query || '');
     if (cursor) params.set('cursor', cursor);
     const qs = params.toString();
-    const url = new URL(`/api/chats/${enc(chat)}/events${qs ? `?${qs}` : ''}`, base);
+    const url = endpoint(base, `/api/chats/${enc(chat)}/events${qs ? `?${qs}` : ''}`);
     let idle;
     const arm = () => { clearTimeout(idle); idle = setTimeout(() => ctl.abort(), idleTimeout); };
     arm();
@@ -379,7 +392,7 @@ export class PollTransport extends HttpTransport {
       const params = new URLSearchParams(query || '');
       if (cursor) params.set('cursor', cursor);
       params.set('wait', String(wait));
-      const url = new URL(`/api/chats/${enc(chat)}/poll?${params}`, base);
+      const url = endpoint(base, `/api/chats/${enc(chat)}/poll?${params}`);
       const timer = setTimeout(() => ctl.abort(), (wait + 15) * 1000);
       let body;
       try {

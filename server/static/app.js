@@ -7,7 +7,7 @@
 import {
   createApp, defineComponent, h, nextTick, onBeforeUnmount, onMounted, reactive, ref, shallowRef, computed,
 } from './vendor/vue/vue.runtime.esm-browser.prod.js';
-import { ChatcastClient, isThinking, thoughtSeconds } from '/client/chatcast.js';
+import { ChatcastClient, isThinking, thoughtSeconds } from '../client/chatcast.js';
 import { renderMarkdown } from './markdown.js';
 import { forgetStreams, MarkdownBody, onRenderError, renderers } from './render.js';
 import * as saved from './cache.js';
@@ -17,7 +17,9 @@ import * as saved from './cache.js';
 const params = new URLSearchParams(location.search);
 const ALL = ['ws', 'sse', 'poll'];
 const first = ALL.indexOf(params.get('transport') || '');
-const client = new ChatcastClient({ transports: first > 0 ? ALL.slice(first) : ALL });
+// Every URL is relative to the page, so the UI works where chatcast is mounted (`/chat/`).
+const base = new URL('.', location.href).href;
+const client = new ChatcastClient({ baseUrl: base, transports: first > 0 ? ALL.slice(first) : ALL });
 window.chatcast = client; // handy in the console, and for tests
 window.chatcastRenderers = renderers; // likewise: the renderer can be swapped from there
 
