@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 from chatcast.core.retry import Backoff
@@ -21,11 +21,12 @@ from chatcast.providers.base import (
     StreamParams,
     Usage,
 )
+from chatcast.providers.custom import Context, CustomProvider, as_provider, load
 from chatcast.providers.demo import DemoProvider
 from chatcast.providers.history import trim_history
 from chatcast.providers.resilience import guarded, scenario
 
-__all__ = ["ChatMessage", "Chunk", "Provider", "ProviderError", "ProviderFailure",
+__all__ = ["ChatMessage", "Chunk", "Context", "Provider", "ProviderError", "ProviderFailure",
            "ProviderStreamBroken", "ProviderUnavailable", "Registry", "RetryPolicy",
            "StreamParams", "Usage", "trim_history"]
 
@@ -85,9 +86,13 @@ class Registry:
         self.on_failure: Callable[[str, str], None] = _ignore
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Registry:
+    def from_settings(cls, settings: Any,
+                      custom: Mapping[str, object] | None = None) -> Registry:
         """Demo always; OpenAI when it has a key or a base URL (local servers need no key);
-        Gemini when it has a key. Default: CHATCAST_PROVIDER, else the first of those."""
+        Gemini when it has a key; the application's own providers, from CHATCAST_PROVIDERS
+        and then `custom` (a name given again replaces the earlier provider). Default:
+        CHATCAST_PROVIDER, else the first of OpenAI and Gemini configured, else demo.
+        A custom provider that cannot be used raises `ProviderConfigError`."""
         providers: dict[str, Provider] = {
             "demo": DemoProvider(settings.demo_tokens_per_s, settings.demo_max_tokens),
         }
@@ -109,6 +114,9 @@ class Registry:
                 api_key=settings.gemini_api_key, base_url=settings.gemini_base_url,
                 include_thoughts=settings.gemini_include_thoughts,
                 thinking_budget=settings.gemini_thinking_budget, **timeouts)
+        providers.update(load(settings.providers))
+        for name, obj in (custom or {}).items():
+            providers[name] = as_provider(name, obj)
         default = settings.provider or next(
             (p for p in ("openai", "gemini") if p in providers), "demo")
         fallback = [p.strip() for p in settings.fallback.split(",") if p.strip()]
@@ -139,7 +147,8 @@ class Registry:
         return name, self.providers[name].default_model
 
     async def stream(self, provider: str, model: str, messages: list[ChatMessage],
-                     params: StreamParams, meta: dict[str, Any]) -> AsyncGenerator[Chunk, None]:
+                     params: StreamParams, meta: dict[str, Any],
+                     context: Context | None = None) -> AsyncGenerator[Chunk, None]:
         """The chunks of one answer.
 
         Before the first chunk, a `ProviderUnavailable` is retried with backoff (honouring
@@ -147,7 +156,8 @@ class Registry:
         retries), then, if enabled, `provider` once without streaming. Once a chunk has
         been yielded nothing is restarted: a failure raises `ProviderStreamBroken`.
         `ProviderError` is never retried. `meta` receives: provider, fallback,
-        non_streaming, retries, errors."""
+        non_streaming, retries, errors. `context` is handed to custom providers (with the
+        model of the attempt)."""
         meta.update(provider=provider, fallback=None, non_streaming=False, retries=0,
                     errors=[])
         if provider not in self.providers:
@@ -164,7 +174,7 @@ class Registry:
                             fallback=attempt.provider if attempt.provider != provider else None)
                 flowed = False
                 p = self.providers[attempt.provider]
-                chunks = guarded(self._open(attempt, messages, params),
+                chunks = guarded(self._open(attempt, messages, params, context),
                                  label=getattr(p, "label", p.name),
                                  idle_timeout_s=self.policy.idle_timeout_s)
                 try:
@@ -202,9 +212,11 @@ class Registry:
             plan.append(_Attempt(provider, model, False))
         return plan
 
-    def _open(self, attempt: _Attempt, messages: list[ChatMessage],
-              params: StreamParams) -> AsyncIterator[Chunk]:
+    def _open(self, attempt: _Attempt, messages: list[ChatMessage], params: StreamParams,
+              context: Context | None) -> AsyncIterator[Chunk]:
         p = self.providers[attempt.provider]
+        if isinstance(p, CustomProvider) and context is not None:
+            return p.answer(messages, replace(context, model=attempt.model, params=params))
         if attempt.streaming:
             return p.stream(messages, model=attempt.model, params=params)
         assert isinstance(p, NonStreaming)

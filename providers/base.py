@@ -1,9 +1,9 @@
 """The Provider role: an async iterator of chunks of answer text and of reasoning (and, last,
-usage), closed on cancel."""
+usage; anywhere, metadata for the answer message), closed on cancel."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -37,12 +37,14 @@ class Chunk:
     """Some answer text and/or reasoning (the model's visible thinking, kept apart from the
     answer) or, once at the end, the usage of the whole call. `at` is the wall time the first
     of its output arrived (chunks that queued up are merged into one; a merged chunk may hold
-    both parts, each in the order it came)."""
+    both parts, each in the order it came). `metadata` (e.g. `{"sources": [...]}`) is merged
+    into the answer message's metadata, key by key, the later value winning."""
 
     text: str = ""
     usage: Usage | None = None
     at: float | None = None
     reasoning: str = ""
+    metadata: Mapping[str, Any] | None = None
 
     @property
     def output(self) -> bool:

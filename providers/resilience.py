@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 from chatcast.providers.base import (
     Chunk,
@@ -52,7 +53,7 @@ class _Inbox:
     timer per stream, re-armed only when it fires (not one per chunk)."""
 
     __slots__ = ("_loop", "_timer", "_waiter", "at", "ended", "error", "flowed", "idle",
-                 "idle_timeout_s", "last", "parts", "reasoning", "usage")
+                 "idle_timeout_s", "last", "metadata", "parts", "reasoning", "usage")
 
     def __init__(self, idle_timeout_s: float) -> None:
         self._loop = asyncio.get_running_loop()
@@ -60,6 +61,7 @@ class _Inbox:
         self.parts: list[str] = []
         self.reasoning: list[str] = []
         self.usage: Usage | None = None
+        self.metadata: dict[str, Any] | None = None
         self.at: float | None = None
         self.ended = False
         self.error: BaseException | None = None
@@ -74,7 +76,8 @@ class _Inbox:
         return self.pending() or self.ended or self.idle
 
     def pending(self) -> bool:
-        return bool(self.parts) or bool(self.reasoning) or self.usage is not None
+        return (bool(self.parts) or bool(self.reasoning) or self.usage is not None
+                or self.metadata is not None)
 
     def put(self, chunk: Chunk) -> None:
         self.last = self._loop.time()
@@ -86,6 +89,8 @@ class _Inbox:
             self.reasoning.append(chunk.reasoning)
         if chunk.usage is not None:
             self.usage = chunk.usage
+        if chunk.metadata:
+            self.metadata = {**(self.metadata or {}), **chunk.metadata}
         self._wake()
 
     def end(self, error: BaseException | None = None) -> None:
@@ -94,10 +99,10 @@ class _Inbox:
 
     def take(self) -> Chunk:
         chunk = Chunk(text=_joined(self.parts), usage=self.usage, at=self.at,
-                      reasoning=_joined(self.reasoning))
+                      reasoning=_joined(self.reasoning), metadata=self.metadata)
         self.parts.clear()
         self.reasoning.clear()
-        self.usage = self.at = None
+        self.usage = self.at = self.metadata = None
         self.flowed = self.flowed or chunk.output
         return chunk
 

@@ -9,7 +9,8 @@ when the settings allow it, the response cache (server/cache.py).
   next identical request (not a fallback's answer, not a stopped or failed one).
 
 The generation's metadata says which it was (`cached`, `cache`, `cached_at`) and so does the
-answer message's (`message_meta`).
+answer message's (`message_meta`), which also keeps what the provider sent as metadata
+(`Chunk.metadata`: sources, citations).
 """
 
 from __future__ import annotations
@@ -19,13 +20,23 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from chatcast.providers import ChatMessage, Chunk, ProviderFailure, Registry, StreamParams
+from chatcast.providers import (
+    ChatMessage,
+    Chunk,
+    Context,
+    ProviderFailure,
+    Registry,
+    StreamParams,
+)
 from chatcast.server import metrics
 from chatcast.server.cache import MAX_ANSWER_CHARS, CachedAnswer, ResponseCache, cache_key, replay
 from chatcast.server.settings import Settings
 from chatcast.store.models import Generation
 
 log = logging.getLogger("chatcast.runner")
+
+#: Where the generation's metadata keeps what the provider sent for the answer message.
+ANSWER_METADATA = "answer_metadata"
 
 
 class Answers:
@@ -64,9 +75,14 @@ class Answers:
         texts: list[str] = []
         reasonings: list[str] = []
         usage: dict[str, Any] | None = None
+        context = Context(gen.chat_id, gen.user_id, gen.id, gen.message_id, gen.model, params,
+                          dict(gen.meta or {}))
         try:
             async for chunk in self.registry.stream(gen.provider, gen.model, history, params,
-                                                    meta):
+                                                    meta, context):
+                if chunk.metadata:
+                    meta[ANSWER_METADATA] = {**meta.get(ANSWER_METADATA, {}),
+                                             **chunk.metadata}
                 if chunk.text:
                     texts.append(chunk.text)
                 if chunk.reasoning:
@@ -105,7 +121,9 @@ def _cached(use: str, hit: CachedAnswer) -> dict[str, Any]:
 
 
 def message_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """The answer message's metadata: whether (and how) it came from the cache."""
-    if not meta.get("cached"):
-        return None
-    return {key: meta[key] for key in ("cached", "cache", "cached_at")}
+    """The answer message's metadata: what the provider sent as metadata, and whether (and
+    how) the answer came from the cache."""
+    out: dict[str, Any] = dict(meta.get(ANSWER_METADATA) or {})
+    if meta.get("cached"):
+        out.update({key: meta[key] for key in ("cached", "cache", "cached_at")})
+    return out or None

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
 
     # Providers
     provider: str | None = None
+    # The application's own providers: "name=module:attribute,..." (see providers/custom.py)
+    providers: str = ""
     model: str | None = None
     fallback: str = ""
     demo_tokens_per_s: float = 40.0

@@ -37,7 +37,7 @@ def settings(**overrides: Any) -> SimpleNamespace:
         "provider_nonstream_fallback": False, "think_tags": "<think> </think>",
         "think_open_models": "", "openai_wire": "chat", "openai_reasoning_summary": "auto",
         "openai_reasoning_effort": None, "gemini_include_thoughts": True,
-        "gemini_thinking_budget": None,
+        "gemini_thinking_budget": None, "providers": "",
     }
     return SimpleNamespace(**(values | overrides))
 
