@@ -1,10 +1,10 @@
-"""The Starlette app factory: routes, middleware, and a lifespan that owns all resources."""
+"""The app factory: routes, middleware, and the app that owns all resources (started by its
+lifespan, or by its first request when it is mounted in another app: server/embedding.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,15 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp
 
 from chatcast.core.codes import Code
 from chatcast.core.errors import ChatcastError
 from chatcast.server import api
-from chatcast.server.auth import IdentityMiddleware, origin_allowed
+from chatcast.server.auth import Authenticate, IdentityMiddleware, origin_allowed
+from chatcast.server.embedding import ChatcastApp
+from chatcast.server.hooks import AnswerHook
 from chatcast.server.responses import error_response, plain_error
-from chatcast.server.services import Services
+from chatcast.server.services import Embedding
 from chatcast.server.settings import Settings
 from chatcast.server.transports import aisdk
 from chatcast.server.transports.ws import WebSocketFastPath, ws_endpoint
@@ -92,20 +93,29 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     return error_response(ChatcastError("internal error", code=Code.INTERNAL))
 
 
-def create_app(settings: Settings | None = None) -> ASGIApp:
-    settings = settings or Settings()
+def create_app(settings: Settings | None = None, *,
+               providers: Mapping[str, object] | None = None,
+               authenticate: Authenticate | None = None,
+               on_done: AnswerHook | None = None, on_stopped: AnswerHook | None = None,
+               on_error: AnswerHook | None = None, **overrides: Any) -> ChatcastApp:
+    """The chatcast ASGI app (documented as `chatcast.create_app`). `overrides` are
+    settings by field name (`redis_url=...`, `provider="rag"`), over `settings` (default:
+    from the environment)."""
+    unknown = sorted(set(overrides) - set(Settings.model_fields))
+    if unknown:
+        raise TypeError(f"create_app() got unknown settings: {', '.join(unknown)}")
+    if settings is None:
+        settings = Settings(**overrides)
+    elif overrides:
+        settings = Settings(**{**settings.model_dump(), **overrides})
+    embedding = Embedding(dict(providers or {}), authenticate, on_done, on_stopped, on_error)
+    chatcast: ChatcastApp | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        svc = await Services.start(settings)
-        # Everything built at start-up lives as long as the process: take it out of the
-        # collector's full passes, which otherwise stall the event loop for tens of ms.
-        gc.collect()
-        gc.freeze()
-        try:
-            yield {"svc": svc}
-        finally:
-            await svc.close()
+        assert chatcast is not None
+        async with chatcast.lifespan(app) as state:
+            yield state
 
     routes = [
         Route("/", index, include_in_schema=False),
@@ -126,4 +136,5 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     )
     # `/ws` sockets skip the app's layers (see WebSocketFastPath); the route above stays
     # for anything that calls the Starlette app directly.
-    return WebSocketFastPath(app)
+    chatcast = ChatcastApp(WebSocketFastPath(app), settings, embedding)
+    return chatcast

@@ -1,4 +1,5 @@
-"""Identity: who is calling, in one of three modes (`CHATCAST_AUTH`).
+"""Identity: who is calling, in one of three modes (`CHATCAST_AUTH`), or decided by the
+host application's own identity hook.
 
 - `anonymous` (default): a signed, HttpOnly `chatcast_session` cookie names an anonymous
   user; a request without a valid cookie gets a new user and the cookie. Every tab of a
@@ -10,14 +11,25 @@ In every mode the SSE route and the WebSocket also accept `?ticket=` (a single-u
 from `POST /api/tickets`), for EventSource and browsers that cannot send headers. Bad
 credentials that were presented (bearer, ticket) are refused, never replaced by a new
 anonymous user; in `token` and `jwt` mode, no credentials are refused too (401 / 4001).
+
+An application that embeds chatcast may pass `authenticate(connection) -> user id | None`
+(sync or async; the Starlette `HTTPConnection` of a request, an SSE stream or a WebSocket
+handshake, so its own session cookie or header decides). It is asked first: a user id is
+that user; None leaves the caller to the mode above (so with `token` or `jwt`, a caller the
+hook does not know needs credentials, and with `anonymous` gets an anonymous user). A hook
+that raises, or returns something that is not a 1-64 character string, refuses the caller
+(401 / 4001, logged), never falling back to an anonymous user.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import HTTPConnection
@@ -35,11 +47,27 @@ if TYPE_CHECKING:
     from chatcast.server.settings import Settings
     from chatcast.store.repo import Repo
 
+log = logging.getLogger("chatcast.auth")
+
+#: The host application's identity hook: the caller's user id, or None (not known to it).
+Authenticate: TypeAlias = Callable[[HTTPConnection], "str | Awaitable[str | None] | None"]
+
 COOKIE = "chatcast_session"
 COOKIE_MAX_AGE = 400 * 24 * 3600
 TOKEN_PREFIX = "cc_"
 #: Routes where `?ticket=` is accepted (besides the WebSocket).
 TICKET_PATH = re.compile(r"^/api/chats/[^/]+/events$")
+MAX_USER_ID = 64
+
+
+def route_path(scope: Scope) -> str:
+    """The path below where the app is mounted (`/api/chats` for `/chat/api/chats` when it
+    is mounted at `/chat`); the whole path when it is not."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root):] or "/"
+    return path
 
 
 def new_api_token() -> str:
@@ -70,7 +98,8 @@ class Identity:
 @dataclass(frozen=True, slots=True)
 class Principal:
     user_id: str
-    via: str  # "cookie", "new" (a new anonymous user: set the cookie), "token", "jwt", "ticket"
+    via: str  # "cookie", "new" (a new anonymous user: set the cookie), "token", "jwt",
+    #           "ticket", "hook" (the host's identity hook)
 
     @property
     def is_new(self) -> bool:
@@ -78,8 +107,10 @@ class Principal:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings, repo: Repo, limits: Limits) -> None:
+    def __init__(self, settings: Settings, repo: Repo, limits: Limits,
+                 hook: Authenticate | None = None) -> None:
         self.mode = settings.auth
+        self.hook = hook
         self.cookies = Identity(settings.signing_key())
         self.repo = repo
         self.limits = limits
@@ -91,6 +122,10 @@ class Authenticator:
 
     async def authenticate(self, conn: HTTPConnection, *, ticket_ok: bool) -> Principal:
         """Who is calling; raises Unauthorized. Never logs or echoes a credential."""
+        if self.hook is not None:
+            user = await self._ask_hook(conn)
+            if user is not None:
+                return Principal(user, "hook")
         bearer = _bearer(conn.headers.get("authorization"))
         if bearer is not None:
             return await self._bearer(bearer)
@@ -104,6 +139,23 @@ class Authenticator:
             raise Unauthorized("credentials required: Authorization: Bearer … or ?ticket=")
         user = self.cookies.user_from_cookie(conn.cookies.get(COOKIE))
         return Principal(user, "cookie") if user else Principal(new_id(), "new")
+
+    async def _ask_hook(self, conn: HTTPConnection) -> str | None:
+        assert self.hook is not None
+        try:
+            result = self.hook(conn)
+            user = await result if inspect.isawaitable(result) else result
+        except Exception:
+            log.exception("identity hook raised: caller refused",
+                          extra={"path": route_path(conn.scope)})
+            raise Unauthorized("identity check failed") from None
+        if user is None:
+            return None
+        if not isinstance(user, str) or not 1 <= len(user) <= MAX_USER_ID:
+            log.error("identity hook returned %s, not a user id of 1-%d characters: caller "
+                      "refused", type(user).__name__, MAX_USER_ID)
+            raise Unauthorized("identity check failed")
+        return user
 
     async def _bearer(self, value: str) -> Principal:
         if self.jwt is not None:
@@ -129,20 +181,22 @@ def _bearer(header: str | None) -> str | None:
 
 class IdentityMiddleware:
     """Puts `user_id` into the scope's state for HTTP requests: every request in anonymous
-    mode (setting the cookie on the response for a new user), `/api/` requests in the other
-    modes. Refusals are 401 JSON errors. WebSockets authenticate in their own handshake."""
+    mode (setting the cookie on the response for a new user), `/api/` requests (below where
+    the app is mounted) in the other modes. Refusals are 401 JSON errors. WebSockets
+    authenticate in their own handshake."""
 
     def __init__(self, app: ASGIApp, anonymous: bool) -> None:
         self.app = app
         self.anonymous = anonymous
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not (self.anonymous or scope["path"].startswith("/api/")):
+        path = route_path(scope) if scope["type"] == "http" else ""
+        if scope["type"] != "http" or not (self.anonymous or path.startswith("/api/")):
             await self.app(scope, receive, send)
             return
         conn = HTTPConnection(scope)
         auth: Authenticator = scope["state"]["svc"].auth
-        ticket_ok = scope["method"] == "GET" and bool(TICKET_PATH.match(scope["path"]))
+        ticket_ok = scope["method"] == "GET" and bool(TICKET_PATH.match(path))
         try:
             who = await auth.authenticate(conn, ticket_ok=ticket_ok)
         except ChatcastError as exc:

@@ -110,6 +110,18 @@ CACHE_STORES = Counter("chatcast_cache_stores_total", "Answers written to the re
 AUTH_REFUSED = Counter("chatcast_auth_refused_total",
                        "Requests and handshakes refused for missing or invalid credentials",
                        registry=REGISTRY)
+HOOK_ERRORS = Counter("chatcast_hook_errors_total",
+                      "In-process answer hooks (on_done, on_stopped, on_error) that raised",
+                      registry=REGISTRY)
+WEBHOOK_DELIVERIES = Counter(
+    "chatcast_webhook_deliveries_total",
+    "Webhook deliveries by outcome: delivered, gave_up (retries exhausted), refused (a 4xx), "
+    "dropped (the queue was full), lost (still queued at shutdown)", ["outcome"],
+    registry=REGISTRY)
+WEBHOOK_FAILURES = Counter(
+    "chatcast_webhook_failed_attempts_total",
+    "Webhook attempts that failed, by reason (unreachable, timeout, status_5xx, status_4xx, "
+    "status_<4xx code>)", ["reason"], registry=REGISTRY)
 
 OUTAGES = Counter("chatcast_outages_total",
                   "Outages this process saw, by component (store = the database, bus = Redis)",
@@ -141,6 +153,10 @@ def _init() -> None:
     for component in COMPONENTS:
         OUTAGES.labels(component)
         COMPONENT_UP.labels(component).set(1)
+    for outcome in ("delivered", "gave_up", "refused", "dropped", "lost"):
+        WEBHOOK_DELIVERIES.labels(outcome)
+    for reason in ("unreachable", "timeout", "status_5xx"):
+        WEBHOOK_FAILURES.labels(reason)
     for use in ("answer", "last_fallback"):
         for result in ("hit", "miss"):
             CACHE_LOOKUPS.labels(use, result)

@@ -151,6 +151,9 @@ class Runner:
         self._write_lock = asyncio.Lock()
         self.pacer = Pacer(settings.coalesce_max_ms / 1000)
         self.answers = Answers(settings, registry)
+        #: Told of every generation this process ended, once its `done` is published
+        #: (server/hooks.py); must not wait.
+        self.on_end: EndHook = _no_hook
 
     # Commands ------------------------------------------------------------------------
 
@@ -523,8 +526,10 @@ class Runner:
             raise
         self._forget(r, status)
         if msg is not None:
-            await publish_done(self.bus, r.chat_id, r.gen.id, r.seq, status, message_dict(msg),
+            final = message_dict(msg)
+            await publish_done(self.bus, r.chat_id, r.gen.id, r.seq, status, final,
                                r.usage, error, lost=r.log.entries if r.log.lost else None)
+            self.on_end(r.gen, status, final, r.usage, error)
         if r.stop_at is not None and status == "stopped":
             metrics.STOP_LATENCY.observe(time.monotonic() - r.stop_at)
         with contextlib.suppress(BusUnavailable):
@@ -718,6 +723,16 @@ class Runner:
             self._checkpoints.cancel()
             await asyncio.gather(self._checkpoints, return_exceptions=True)
         await self.pacer.close()
+
+
+#: (generation, status, final message, usage, error)
+EndHook = Callable[[Generation, str, dict[str, Any], dict[str, Any] | None,
+                    dict[str, Any] | None], None]
+
+
+def _no_hook(gen: Generation, status: str, message: dict[str, Any],
+             usage: dict[str, Any] | None, error: dict[str, Any] | None) -> None:
+    pass
 
 
 def _settled(task: asyncio.Future[Started]) -> None:

@@ -5,22 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import HTTPConnection
 
 from chatcast.core.codes import Close
+from chatcast.core.retry import Backoff
 from chatcast.providers import Registry
 from chatcast.server import lifecycle, metrics
-from chatcast.server.auth import Authenticator
+from chatcast.server.auth import Authenticate, Authenticator
 from chatcast.server.bus.base import Bus
 from chatcast.server.cache import make_cache
+from chatcast.server.hooks import AnswerHook, Hooks
 from chatcast.server.hub import Hub, Subscriber
 from chatcast.server.limits import Limits
 from chatcast.server.replay import Replay
 from chatcast.server.runner import Runner
 from chatcast.server.settings import Settings
+from chatcast.server.webhooks import Webhook
 from chatcast.store.db import make_engine, session_factory
 from chatcast.store.repo import Repo
 
@@ -55,6 +59,33 @@ def make_limits(settings: Settings, bus: Bus) -> Limits:
     return MemoryLimits()
 
 
+def make_webhook(settings: Settings) -> Webhook | None:
+    """The outgoing webhook, when CHATCAST_WEBHOOK_URL is set (it needs a secret to sign)."""
+    if not settings.webhook_url:
+        return None
+    if not settings.webhook_secret:
+        raise ValueError("CHATCAST_WEBHOOK_URL needs CHATCAST_WEBHOOK_SECRET (the key its "
+                         "requests are signed with)")
+    return Webhook(settings.webhook_url, settings.webhook_secret,
+                   max_attempts=settings.webhook_max_attempts,
+                   backoff=Backoff(settings.webhook_retry_base_s, settings.webhook_retry_max_s,
+                                   jitter=0.2),
+                   timeout_s=settings.webhook_timeout_s,
+                   counted=lambda outcome: metrics.WEBHOOK_DELIVERIES.labels(outcome).inc(),
+                   failed=lambda reason: metrics.WEBHOOK_FAILURES.labels(reason).inc())
+
+
+@dataclass(frozen=True, slots=True)
+class Embedding:
+    """What the application that embeds chatcast gives it in code (see `create_app`)."""
+
+    providers: Mapping[str, object] = field(default_factory=dict)
+    authenticate: Authenticate | None = None
+    on_done: AnswerHook | None = None
+    on_stopped: AnswerHook | None = None
+    on_error: AnswerHook | None = None
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -67,6 +98,7 @@ class Services:
     limits: Limits
     auth: Authenticator
     engine: AsyncEngine
+    hooks: Hooks
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
     #: Open WebSockets per user on this process (for max_sockets_per_user).
     sockets: dict[str, int] = field(default_factory=dict)
@@ -77,28 +109,34 @@ class Services:
                           self.settings.outbox_max_bytes)
 
     @classmethod
-    async def start(cls, settings: Settings) -> Services:
+    async def start(cls, settings: Settings, embedding: Embedding | None = None) -> Services:
+        embedding = embedding or Embedding()
+        # What can be refused is checked before anything is opened.
+        registry = Registry.from_settings(settings, embedding.providers)
+        hooks = Hooks(on_done=embedding.on_done, on_stopped=embedding.on_stopped,
+                      on_error=embedding.on_error, webhook=make_webhook(settings))
         engine = make_engine(settings.db_url)
         repo = Repo(session_factory(engine),
                     max_active_per_user=settings.max_generations_per_user)
         bus = make_bus(settings)
-        registry = Registry.from_settings(settings)
         registry.on_failure = metrics.provider_failure
         metrics.init_providers(list(registry.providers))
         # The bus plays every role; each user gets the ones it needs.
         replay = Replay(repo, bus, settings.history_page_size)
         hub = Hub(bus, replay.catch_up)
         runner = Runner(settings, repo, bus, registry)
+        runner.on_end = hooks.ended
         await bus.start(hub.on_event, runner.on_stop_requested, on_reconnect=hub.resync_all)
         limits = make_limits(settings, bus)
         runner.answers.store = make_cache(settings, bus)
         try:
-            auth = Authenticator(settings, repo, limits)
+            auth = Authenticator(settings, repo, limits, embedding.authenticate)
         except ValueError:
             await bus.close()
             await engine.dispose()
             raise
-        svc = cls(settings, repo, bus, registry, hub, runner, replay, limits, auth, engine)
+        svc = cls(settings, repo, bus, registry, hub, runner, replay, limits, auth, engine,
+                  hooks)
         lifecycle.on_shutdown_begin(svc.begin_shutdown)
         svc._maintenance = asyncio.create_task(runner.maintain(may_reap=svc.lead_cleanup),
                                                name="runner-maintenance")
@@ -126,6 +164,7 @@ class Services:
         self.shutting_down.set()
         # Leases stay alive while running generations use their grace period.
         await self.runner.close(self.settings.shutdown_grace_s)
+        await self.hooks.close(self.settings.shutdown_grace_s)
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -23,6 +23,10 @@ def _env(name: str) -> AliasChoices:
 
 
 class Settings(BaseSettings):
+    """Every setting of chatcast: from the environment (`CHATCAST_<NAME>`, a few bare names
+    such as `DATABASE_URL`), a `.env` file, or keyword arguments (by field name). The README's
+    configuration table documents each."""
+
     model_config = SettingsConfigDict(env_prefix="CHATCAST_", env_file=".env", extra="ignore",
                                       populate_by_name=True)
 
@@ -118,6 +122,14 @@ class Settings(BaseSettings):
     #: close ("Server disconnected without sending a response").
     http_keepalive_s: float = 75.0
     generation_timeout_s: float = 600.0
+
+    # Outgoing webhook (server/webhooks.py): every ended answer, signed with the secret
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_retry_base_s: float = Field(default=1.0, ge=0)
+    webhook_retry_max_s: float = Field(default=60.0, ge=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
 
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -151,7 +151,8 @@ def openai_api() -> Iterator[FakeServer]:
 ZERO_OK = ("chatcast_active_generations", "chatcast_connected_clients",
            "chatcast_slow_consumer_closes_total", "chatcast_coalesced_deltas_total",
            "chatcast_auth_refused_total", "chatcast_event_loop_lag_seconds",
-           "chatcast_outages_total")
+           "chatcast_outages_total",
+           "chatcast_hook_errors_total")  # (in-process hooks are set in code, not here)
 
 
 def _has_data(expr: str, result: list[dict[str, Any]]) -> bool:
@@ -235,6 +236,10 @@ async def test_every_panel_returns_data_from_a_real_prometheus(
         "CHATCAST_PROVIDER_RETRY_BASE_S": "0.01", "CHATCAST_CACHE": "true",
         "CHATCAST_TEMPERATURE": "0", "CHATCAST_CLIENT_REPORTS_PER_MINUTE": "3",
         "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+        # A webhook receiver that is never up: failed attempts, then deliveries given up.
+        "CHATCAST_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/hook",
+        "CHATCAST_WEBHOOK_SECRET": "dashboard-test", "CHATCAST_WEBHOOK_MAX_ATTEMPTS": "2",
+        "CHATCAST_WEBHOOK_RETRY_BASE_S": "0.05",
     })
     prometheus = Prometheus(tmp_path, f"127.0.0.1:{srv.port}")
     # The README's scrape configuration is a valid one.

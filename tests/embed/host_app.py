@@ -1,0 +1,31 @@
+"""A FastAPI app of its own that mounts chatcast at /chat, as an application would (run by
+uvicorn in tests/embed/test_mounted.py). Its identity hook reads its own header or cookie;
+`boom` stands for a session store that is down (the hook raises)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from starlette.requests import HTTPConnection
+
+import chatcast
+
+
+def authenticate(conn: HTTPConnection) -> str | None:
+    who = conn.headers.get("x-host-user") or conn.cookies.get("host_user")
+    if who == "boom":
+        raise RuntimeError("session store unreachable")
+    return who or None
+
+
+logging.basicConfig(level=logging.INFO)  # the host's own logging, chatcast's included
+app = FastAPI()
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"host": "ok"}
+
+
+app.mount("/chat", chatcast.create_app(auth="token", authenticate=authenticate))
