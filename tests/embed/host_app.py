@@ -5,6 +5,7 @@ uvicorn in tests/embed/test_mounted.py). Its identity hook reads its own header 
 from __future__ import annotations
 
 import logging
+import os
 
 from fastapi import FastAPI
 from starlette.requests import HTTPConnection
@@ -20,7 +21,9 @@ def authenticate(conn: HTTPConnection) -> str | None:
 
 
 logging.basicConfig(level=logging.INFO)  # the host's own logging, chatcast's included
-app = FastAPI()
+chat = chatcast.create_app(auth="token", authenticate=authenticate)
+# HOST_LIFESPAN=1: the host starts chatcast with its own lifespan instead of the first request.
+app = FastAPI(lifespan=chat.lifespan if os.environ.get("HOST_LIFESPAN") else None)
 
 
 @app.get("/healthz")
@@ -28,4 +31,4 @@ async def healthz() -> dict[str, str]:
     return {"host": "ok"}
 
 
-app.mount("/chat", chatcast.create_app(auth="token", authenticate=authenticate))
+app.mount("/chat", chat)

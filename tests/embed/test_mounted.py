@@ -22,9 +22,9 @@ from tests.integration.conftest import sql_message
 PREFIX = "/chat"
 
 
-def host(tmp_path: Path, **env: str) -> ServerProcess:
+def host(tmp_path: Path, *, migrate: bool = False, **env: str) -> ServerProcess:
     return ServerProcess(
-        tmp_path / "host", migrate=False,  # the mounted app migrates on its first start
+        tmp_path / "host", migrate=migrate,  # by default the mounted app migrates itself
         command=[sys.executable, "-m", "uvicorn", "tests.embed.host_app:app", "--host",
                  "127.0.0.1", "--port", "{port}", "--timeout-graceful-shutdown", "30"],
         env={"CHATCAST_DEMO_TOKENS_PER_S": "100", **env})
@@ -108,3 +108,18 @@ async def test_sigterm_while_streaming_ends_answers_as_chatcast_serve_does(
     assert "cancelled at shutdown" not in logs
     content, status = await sql_message(srv, ack["assistant"])
     assert status == "interrupted" and content.startswith(seen) and len(content) > len(seen)
+
+
+async def test_a_host_may_run_chatcasts_lifespan_instead(tmp_path: Path) -> None:
+    srv = host(tmp_path, migrate=True, HOST_LIFESPAN="1")
+    await srv.start()
+    try:
+        assert "chatcast ready" in srv.logs()  # started with the host, before any request
+        async with as_user(srv, "alice") as alice:
+            assert (await alice.post("/api/chats", json={})).status_code == 201
+        srv.kill(signal.SIGTERM)
+        assert await srv.wait_async(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        await srv.stop()
+    assert "Application shutdown complete" in srv.logs()
+    assert "shutting down chatcast" not in srv.logs()  # the lifespan closed it, not a signal

@@ -54,6 +54,8 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / "server.log"
         self.starts = 0
+        #: What answers 200 once the server is ready (a host app may mount chatcast).
+        self.health_path = "/healthz"
 
     # -- addresses ----------------------------------------------------------------------
 
@@ -140,7 +142,7 @@ class ServerProcess:
                     raise ServerFailed(f"server exited with {self.returncode} before "
                                        f"/healthz answered:\n{self.log_tail()}")
                 try:
-                    if (await http.get(f"{self.url}/healthz")).status_code == 200:
+                    if (await http.get(self.url + self.health_path)).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass
