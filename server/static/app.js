@@ -495,6 +495,25 @@ const ReasoningView = defineComponent({
   },
 });
 
+/**
+ * Sources a provider attached to an answer (`metadata.sources`: strings, or `{title, url}`),
+ * under its text. Only http(s) URLs become links; anything else is shown as text.
+ */
+function SourcesView(msg) {
+  const sources = msg.metadata && Array.isArray(msg.metadata.sources) ? msg.metadata.sources : [];
+  if (!sources.length || msg.status === 'streaming') return null;
+  return h('div', { class: 'sources', 'data-testid': 'sources' }, [
+    h('span', { class: 'sources-head' }, 'Sources'),
+    ...sources.slice(0, 20).map((src) => {
+      const title = String((src && typeof src === 'object' ? src.title || src.url : src) || '');
+      const url = src && typeof src === 'object' && typeof src.url === 'string' ? src.url : '';
+      return /^https?:\/\//i.test(url)
+        ? h('a', { class: 'source', href: url, target: '_blank', rel: 'noopener noreferrer' }, title)
+        : h('span', { class: 'source' }, title);
+    }),
+  ]);
+}
+
 const MessageView = defineComponent({
   name: 'MessageView',
   props: { msg: Object, last: Boolean, busy: Boolean },
@@ -513,6 +532,7 @@ const MessageView = defineComponent({
         h('div', { class: 'body' }, [
           m.reasoning ? h(ReasoningView, { msg: m }) : null,
           h(MarkdownBody, { msg: m }),
+          SourcesView(m),
           StatusNote[m.status] ? h('div', { class: ['note', m.status] }, [
             StatusNote[m.status],
             m.error && m.error.message ? ` ${m.error.message}` : '',

@@ -117,6 +117,10 @@ async def test_the_example_host_streams_stops_resumes_and_hears_each_answer_once
     answers = [m for m in (await server_side.json())["messages"] if m["role"] == "assistant"]
     assert [m["status"] for m in answers] == ["stopped", "complete"]
     assert answers[-1]["metadata"]["sources"][0]["title"] == "Shipping"
+    # The sources the provider attached are shown with the answer, as links.
+    shown = page.locator(".msg.assistant").last.get_by_test_id("sources").locator("a")
+    await expect(shown.first).to_have_text("Shipping")
+    await expect(shown.first).to_have_attribute("href", "https://example.com/help/shipping")
     mine = {m["id"]: m["content"] for m in await client_messages(page, chat)}
     assert all(mine[m["id"]] == m["content"] for m in answers)
 
