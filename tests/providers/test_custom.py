@@ -289,3 +289,24 @@ async def test_registry_from_settings_takes_custom_providers(
     assert (await run(reg, "coded")).texts == ["from code"]
     with pytest.raises(ProviderConfigError):
         Registry.from_settings(settings(), {"bad": SimpleNamespace()})
+
+
+def test_a_bare_name_loads_the_installed_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    import chatcast.providers.custom as custom
+
+    points = [EntryPoint("rag", "tests.providers.test_custom:_plugin", custom.ENTRY_POINT_GROUP),
+              EntryPoint("broken", "no_such_plugin:x", custom.ENTRY_POINT_GROUP)]
+
+    def entry_points(*, group: str) -> list[EntryPoint]:
+        return [p for p in points if p.group == group]
+
+    monkeypatch.setattr(custom, "entry_points", entry_points)
+    assert isinstance(load("rag")["rag"], CustomProvider)
+    with pytest.raises(ProviderConfigError, match="entry point 'broken' failed to load"):
+        load("broken")
+
+
+async def _plugin(messages: list[ChatMessage], context: Context) -> AsyncIterator[str]:
+    yield "from a plugin"
