@@ -98,9 +98,20 @@ def create_app(settings: Settings | None = None, *,
                authenticate: Authenticate | None = None,
                on_done: AnswerHook | None = None, on_stopped: AnswerHook | None = None,
                on_error: AnswerHook | None = None, **overrides: Any) -> ChatcastApp:
-    """The chatcast ASGI app (documented as `chatcast.create_app`). `overrides` are
-    settings by field name (`redis_url=...`, `provider="rag"`), over `settings` (default:
-    from the environment)."""
+    """The chatcast ASGI app (public as `chatcast.create_app`).
+
+    With no arguments it is the app `chatcast serve` runs, configured from the environment.
+    `settings` replaces the environment; `overrides` are settings by field name
+    (`provider="rag"`, `redis_url=...`) over either (an unknown name is a TypeError).
+    `providers` maps names to the application's own providers (an async generator
+    function `answer(messages, context)`, an object with such an `answer` method, or one
+    with `stream`; see `chatcast.providers.custom`), added to the configured ones.
+    `authenticate(connection) -> user id | None` is the identity hook (see
+    `chatcast.server.auth`). `on_done`, `on_stopped` (stopped or interrupted) and
+    `on_error` hear of every answer this process ends (see `chatcast.server.hooks`).
+
+    The app runs on its own or mounted in a Starlette/FastAPI app (it then starts on its
+    first request and closes on SIGTERM/SIGINT; see `chatcast.server.embedding`)."""
     unknown = sorted(set(overrides) - set(Settings.model_fields))
     if unknown:
         raise TypeError(f"create_app() got unknown settings: {', '.join(unknown)}")
