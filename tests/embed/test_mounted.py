@@ -107,7 +107,7 @@ async def test_sigterm_while_streaming_ends_answers_as_chatcast_serve_does(
     assert "shutting down chatcast" in logs and "Application shutdown complete" in logs
     assert "cancelled at shutdown" not in logs
     content, status = await sql_message(srv, ack["assistant"])
-    assert status == "interrupted" and content.startswith(seen) and len(content) > len(seen)
+    assert status == "interrupted" and content.startswith(seen)
 
 
 async def test_a_host_may_run_chatcasts_lifespan_instead(tmp_path: Path) -> None:
