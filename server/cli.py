@@ -51,6 +51,11 @@ def _check_redis(url: str) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
+    # The application's own modules named by CHATCAST_PROVIDERS import from the working
+    # directory, as they would under `uvicorn` or `python -m` (a console script's path
+    # starts at its own folder instead).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     settings = Settings()
     if args.workers > 1 and not settings.redis_url:
         raise SystemExit("chatcast: --workers > 1 needs REDIS_URL: with the in-memory bus, "

@@ -7,6 +7,7 @@ stops the start with a message naming the setting."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 from tests.conftest import ServerFactory
 from tests.fakes import FakeServer, Reply, openai_fake
-from tests.helpers.server import REPO_ROOT
+from tests.helpers.server import REPO_ROOT, ServerProcess
 from tests.integration.conftest import make_user
 
 PROVIDERS = '''
@@ -67,13 +68,35 @@ def _env(tmp_path: Path, model_api: FakeServer, providers: str,
             "MODEL_URL": model_api.url, "CHATCAST_PROVIDERS": providers, **extra}
 
 
+def _in_working_dir(app_dir: Path, model_api: FakeServer, providers: str,
+                    **extra: str) -> dict[str, str]:
+    """The application's module in the server's working directory (and not on
+    PYTHONPATH), as `chatcast serve` run from the application's folder finds it."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "hostproviders.py").write_text(PROVIDERS)
+    return {"MODEL_URL": model_api.url, "CHATCAST_PROVIDERS": providers, **extra}
+
+
 async def test_stop_closes_the_custom_providers_upstream_and_metadata_is_stored(
-        server: ServerFactory, tmp_path: Path, model_api: FakeServer) -> None:
+        tmp_path: Path, model_api: FakeServer) -> None:
     model_api.script(Reply.text("Hello", " there", "!"),
                      Reply.text(*[f"w{i} " for i in range(400)], delay_s=0.05))
-    srv = await server(env=_env(tmp_path, model_api,
-                                "rag=hostproviders:streaming, bad=hostproviders:make_raising",
-                                CHATCAST_PROVIDER="rag"))
+    app_dir = tmp_path / "app"
+    # The console script, as a newcomer runs it from the application's folder.
+    srv = ServerProcess(app_dir, env=_in_working_dir(
+        app_dir, model_api, "rag=hostproviders:streaming, bad=hostproviders:make_raising",
+        CHATCAST_PROVIDER="rag"), command=[
+            str(Path(sys.executable).parent / "chatcast"), "serve", "--host", "127.0.0.1",
+            "--port", "{port}"])
+    await srv.start()
+    try:
+        await _stop_metadata_and_errors(srv, model_api)
+    finally:
+        await srv.stop()
+    assert "hunter2" in srv.logs()  # the traceback is in the log, for the operator
+
+
+async def _stop_metadata_and_errors(srv: ServerProcess, model_api: FakeServer) -> None:
     async for alice in make_user(srv):
         chat = await alice.new_chat()
         async with await alice.ws() as tab:
@@ -104,7 +127,6 @@ async def test_stop_closes_the_custom_providers_upstream_and_metadata_is_stored(
         assert done["status"] == "error"
         assert done["error"]["code"] == "provider_error"
         assert "hunter2" not in str(done) and done["message"]["content"] == "so far "
-    assert "hunter2" in srv.logs()  # the traceback is in the log, for the operator
 
 
 @pytest.mark.parametrize(("spec", "words"), [
