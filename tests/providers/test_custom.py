@@ -310,3 +310,24 @@ def test_a_bare_name_loads_the_installed_entry_point(monkeypatch: pytest.MonkeyP
 
 async def _plugin(messages: list[ChatMessage], context: Context) -> AsyncIterator[str]:
     yield "from a plugin"
+
+
+async def test_upstream_http_statuses_map_like_the_built_in_providers(
+        model_api: FakeServer) -> None:
+    """`response.raise_for_status()` in a custom provider: a 503 is retried (and reported
+    as unavailable once the retries are spent), a 401 is a provider error at once."""
+    model_api.script(Reply.error(503), Reply.error(503), Reply.error(401))
+
+    async def answer(messages: list[ChatMessage], context: Context) -> AsyncIterator[str]:
+        async with httpx.AsyncClient(base_url=model_api.url, trust_env=False) as http:
+            response = await http.post("/v1/chat/completions",
+                                       json={"model": "m", "stream": False, "messages": []})
+            response.raise_for_status()
+            yield response.text
+
+    unavailable = await run(registry(as_provider("rag", answer), max_retries=1))
+    assert isinstance(unavailable.error, ProviderUnavailable) and len(model_api.requests) == 2
+    assert unavailable.error.status == 503
+    refused = await run(registry(as_provider("rag", answer), max_retries=1))
+    assert isinstance(refused.error, ProviderError) and refused.error.status == 401
+    assert len(model_api.requests) == 3  # not retried
