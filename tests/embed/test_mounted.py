@@ -123,3 +123,20 @@ async def test_a_host_may_run_chatcasts_lifespan_instead(tmp_path: Path) -> None
         await srv.stop()
     assert "Application shutdown complete" in srv.logs()
     assert "shutting down chatcast" not in srv.logs()  # the lifespan closed it, not a signal
+
+
+async def test_a_mounted_chatcast_that_cannot_start_says_why_and_the_host_lives_on(
+        tmp_path: Path) -> None:
+    srv = host(tmp_path, CHATCAST_PROVIDERS="rag=no_such_module:make")
+    await srv.start()  # the host's own /healthz
+    try:
+        async with as_user(srv, "alice") as alice:
+            for _ in range(2):  # each request tries again, and is refused the same way
+                refused = await alice.get("/api/chats")
+                assert refused.status_code == 503
+                assert refused.json()["error"]["message"] == "chatcast is not running"
+            async with httpx.AsyncClient(base_url=srv.url, trust_env=False) as http:
+                assert (await http.get("/healthz")).status_code == 200
+    finally:
+        await srv.stop()
+    assert "chatcast cannot start: CHATCAST_PROVIDERS: rag=no_such_module:make" in srv.logs()
