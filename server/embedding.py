@@ -97,7 +97,8 @@ class ChatcastApp:
         if svc is None or self._closed:
             return
         self._closed = True
-        await svc.begin_shutdown()
+        if not svc.shutting_down.is_set():  # (`chatcast serve` has begun it already)
+            await svc.begin_shutdown()
         await svc.close()
 
     async def _started_lazily(self) -> Services | None:
