@@ -2,9 +2,10 @@
 
 The runner tells `Hooks.ended` of every generation it ended, after the final message is in
 SQL and its `done` is published (so a hook that reads the chat through the API sees it
-ended). Hooks run in tasks of their own: a slow or failing hook never delays a stream or
-the next answer; its exceptions are logged and counted (`chatcast_hook_errors_total`).
-A generation whose process died is ended by another process's sweep, with no hook.
+ended); so does the sweep of the process that ends a dead process's generation
+(`interrupted`), so that ending is heard too, once, where it happened. Hooks run in tasks of
+their own: a slow or failing hook never delays a stream or the next answer; its exceptions
+are logged and counted (`chatcast_hook_errors_total`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,17 @@ class AnswerEnded:
                          "message_id": self.message_id, "provider": self.provider,
                          "model": self.model, "message": self.message, "usage": self.usage,
                          "error": self.error}}
+
+
+#: What the runner and the sweep call when they ended a generation (must not wait):
+#: (generation, status, final message, usage, error).
+EndHook = Callable[[Generation, str, dict[str, Any], dict[str, Any] | None,
+                    dict[str, Any] | None], None]
+
+
+def no_hook(gen: Generation, status: str, message: dict[str, Any],
+            usage: dict[str, Any] | None, error: dict[str, Any] | None) -> None:
+    """The EndHook of a process nobody listens to."""
 
 
 #: An in-process hook: a function or a coroutine function taking the ended answer.

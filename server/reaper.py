@@ -15,6 +15,7 @@ from collections.abc import Container
 from chatcast.core.protocol import Event
 from chatcast.server.bus.base import BusUnavailable, GenerationLog, Leases
 from chatcast.server.ending import publish_done
+from chatcast.server.hooks import EndHook, no_hook
 from chatcast.server.replay import text_so_far
 from chatcast.store.ids import utcnow
 from chatcast.store.models import Generation, Reasoning, message_dict
@@ -31,6 +32,8 @@ class Reaper:
         self.leases = leases
         self.local = local  # generations this process runs itself
         self._missing: set[str] = set()  # gens whose lease was missing at the last check
+        #: Told of every generation this sweep ended (server/hooks.py); must not wait.
+        self.on_end: EndHook = no_hook
 
     async def sweep(self) -> int:
         """Interrupt active generations whose owner's lease is gone on two sweeps in a row
@@ -68,6 +71,8 @@ class Reaper:
                 log.warning("generation saved from the end its owner handed over",
                             extra={"gen": gen.id, "chat": gen.chat_id, "owner": gen.owner,
                                    "status": data["status"]})
+                self.on_end(gen, str(data["status"]), message_dict(final), data.get("usage"),
+                            data.get("error"))
             return final is not None
         final = await self.repo.finish(gen.id, "interrupted", content, seq,
                                        meta=gen.meta, only_if_active=True,
@@ -76,8 +81,10 @@ class Reaper:
             return False  # someone else finished it
         log.warning("generation interrupted: its owner is gone",
                     extra={"gen": gen.id, "chat": gen.chat_id, "owner": gen.owner})
-        await publish_done(self.logs, gen.chat_id, gen.id, seq, "interrupted",
-                           message_dict(final), None, None)
+        message = message_dict(final)
+        await publish_done(self.logs, gen.chat_id, gen.id, seq, "interrupted", message,
+                           None, None)
+        self.on_end(gen, "interrupted", message, None, None)
         return True
 
     async def _recover_text(self, gen: Generation) -> tuple[str, Reasoning, int, Event | None]:

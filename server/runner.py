@@ -35,6 +35,7 @@ from chatcast.server import metrics
 from chatcast.server.answers import Answers, message_meta
 from chatcast.server.bus.base import Bus, BusUnavailable, LogEntry, LogSealed, log_entry
 from chatcast.server.ending import publish_done
+from chatcast.server.hooks import EndHook, no_hook
 from chatcast.server.outages import Outages
 from chatcast.server.pacing import Pacer
 from chatcast.server.reaper import Reaper
@@ -153,7 +154,7 @@ class Runner:
         self.answers = Answers(settings, registry)
         #: Told of every generation this process ended, once its `done` is published
         #: (server/hooks.py); must not wait.
-        self.on_end: EndHook = _no_hook
+        self.on_end: EndHook = no_hook
 
     # Commands ------------------------------------------------------------------------
 
@@ -723,16 +724,6 @@ class Runner:
             self._checkpoints.cancel()
             await asyncio.gather(self._checkpoints, return_exceptions=True)
         await self.pacer.close()
-
-
-#: (generation, status, final message, usage, error)
-EndHook = Callable[[Generation, str, dict[str, Any], dict[str, Any] | None,
-                    dict[str, Any] | None], None]
-
-
-def _no_hook(gen: Generation, status: str, message: dict[str, Any],
-             usage: dict[str, Any] | None, error: dict[str, Any] | None) -> None:
-    pass
 
 
 def _settled(task: asyncio.Future[Started]) -> None:

@@ -125,7 +125,7 @@ class Services:
         replay = Replay(repo, bus, settings.history_page_size)
         hub = Hub(bus, replay.catch_up)
         runner = Runner(settings, repo, bus, registry)
-        runner.on_end = hooks.ended
+        runner.on_end = runner.reaper.on_end = hooks.ended
         await bus.start(hub.on_event, runner.on_stop_requested, on_reconnect=hub.resync_all)
         limits = make_limits(settings, bus)
         runner.answers.store = make_cache(settings, bus)

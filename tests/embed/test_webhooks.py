@@ -1,12 +1,15 @@
 """The outgoing webhook against a real receiving server process: signed deliveries that a
 receiver verifies with `chatcast.webhooks.verify`, retried while the receiver is down until
 it comes up, a receiver answering 500 retried and given up (counted in /metrics) while the
-streams go on unaffected; and `verify` refusing what it must."""
+streams go on unaffected, an answer whose process was killed delivered by the process that
+ends it; and `verify` refusing what it must."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,10 @@ from chatcast.webhooks import (
     signature,
     verify,
 )
-from tests.conftest import ServerFactory
+from tests.conftest import DatabaseFactory, ServerFactory
+from tests.helpers.clients import WSClient
 from tests.helpers.metrics import sample
+from tests.helpers.redis_server import RedisServer
 from tests.helpers.server import ServerProcess
 from tests.helpers.webhook_receiver import Receiver
 from tests.integration.conftest import User, make_user
@@ -148,3 +153,37 @@ async def test_a_webhook_url_without_a_secret_does_not_start(server: ServerFacto
     code = await srv.wait_async(60)
     assert code != 0
     assert "CHATCAST_WEBHOOK_SECRET" in srv.logs()
+
+
+@pytest.mark.postgres
+async def test_an_answer_whose_process_died_is_heard_from_the_process_that_ends_it(
+        server: ServerFactory, redis_server: Callable[[], RedisServer],
+        make_database: DatabaseFactory, tmp_path: Path) -> None:
+    receiver = Receiver(tmp_path, SECRET)
+    await receiver.start()
+    env = {**_env(receiver), "REDIS_URL": redis_server().url,
+           "DATABASE_URL": make_database("postgresql"), "CHATCAST_LEASE_TTL_S": "3",
+           "CHATCAST_DEMO_TOKENS_PER_S": "20", "CHATCAST_CHECKPOINT_INTERVAL_S": "0.5"}
+    env.pop("CHATCAST_DEMO_MAX_TOKENS")
+    a, b = await asyncio.gather(server(env=env), server(env=env))
+    try:
+        async for alice in make_user(a):
+            chat = await alice.new_chat()
+            async with await WSClient.connect(b.ws_url, cookie=alice.cookie) as watcher:
+                await watcher.subscribe(chat)
+                async with await alice.ws() as owner_tab:
+                    gen = (await owner_tab.request({"type": "send", "chat": chat,
+                                                    "content": "die"}))["gen"]
+                for _ in range(5):
+                    await watcher.wait_for("delta")
+                a.kill(signal.SIGKILL)
+                done = await watcher.wait_done(gen, timeout=30)
+            assert done["status"] == "interrupted"
+            [got] = await receiver.wait_for(1)
+            assert got["verified"] and got["delivery"] == gen
+            assert got["event"]["type"] == "answer.interrupted"
+            assert got["event"]["data"]["message"]["content"] == done["message"]["content"]
+            await _wait_metric(b, "chatcast_webhook_deliveries_total", 1, outcome="delivered")
+            assert len(receiver.received()) == 1
+    finally:
+        receiver.stop()
