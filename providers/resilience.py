@@ -3,11 +3,13 @@
 The provider's iterator is driven by a pump task owned by `guarded`. Closing the guarded
 stream in any way (the consumer is cancelled, it stops iterating, or the idle timeout fires)
 cancels that task and closes the provider's iterator before `guarded` returns, so no task
-and no upstream response outlives the stream."""
+and no upstream response outlives the stream (a provider that swallows its cancellation and
+goes on waiting is abandoned after `CANCEL_WAIT_S`, logged, so its answer still ends)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -19,6 +21,12 @@ from chatcast.providers.base import (
     ProviderUnavailable,
     Usage,
 )
+
+log = logging.getLogger("chatcast.providers")
+
+#: How long a cancelled provider may take to finish (close its response) before it is
+#: abandoned; the built-in providers take milliseconds.
+CANCEL_WAIT_S = 5.0
 
 
 async def guarded(chunks: AsyncIterator[Chunk], *, label: str,
@@ -45,7 +53,7 @@ async def guarded(chunks: AsyncIterator[Chunk], *, label: str,
             return  # ended
     finally:
         inbox.close()
-        await _cancel(pump)
+        await _cancel(pump, label)
 
 
 class _Inbox:
@@ -154,17 +162,22 @@ async def _pump(chunks: AsyncIterator[Chunk], inbox: _Inbox) -> None:
             await chunks.aclose()
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancel `task` and wait until it has finished (its HTTP response closed)."""
+async def _cancel(task: asyncio.Task[None], label: str) -> None:
+    """Cancel `task` and wait until it has finished (its HTTP response closed), for
+    `CANCEL_WAIT_S` at most: a provider that swallows its cancellation and goes on waiting
+    (an application's own provider may) is abandoned, logged, rather than holding the stop
+    of its answer for ever."""
     if task.done():
         return
     task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # our own cancellation, not only the pump's
+    # Our own cancellation, while we wait, is raised here (the pump stays cancelled).
+    done, _ = await asyncio.wait({task}, timeout=CANCEL_WAIT_S)
+    if not done:
+        log.error("provider ignored its cancellation: abandoned",
+                  extra={"provider": label, "waited_s": CANCEL_WAIT_S})
+        return
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        raise exc
 
 
 def _idle_failure(label: str, idle_timeout_s: float, *, flowed: bool) -> ProviderFailure:

@@ -331,3 +331,36 @@ async def test_upstream_http_statuses_map_like_the_built_in_providers(
     refused = await run(registry(as_provider("rag", answer), max_retries=1))
     assert isinstance(refused.error, ProviderError) and refused.error.status == 401
     assert len(model_api.requests) == 3  # not retried
+
+
+async def test_a_provider_that_swallows_its_cancellation_is_abandoned_and_the_stop_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import chatcast.providers.resilience as resilience
+
+    monkeypatch.setattr(resilience, "CANCEL_WAIT_S", 0.3)
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def deaf(messages: list[ChatMessage], context: Context) -> AsyncIterator[str]:
+        yield "one "
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # deaf to it
+        yield "never seen"
+
+    reg = registry(as_provider("rag", deaf))
+
+    async def consume() -> None:
+        name, model = reg.resolve(None, None)
+        async for _chunk in reg.stream(name, model, MESSAGES, StreamParams(), {}, CONTEXT):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)  # the stop ends although the provider did not
+    release.set()  # let the abandoned provider end, so the test leaves no task behind
