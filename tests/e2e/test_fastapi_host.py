@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -78,14 +79,20 @@ async def send(page: Page, text: str) -> str:
     return match.group(1)
 
 
+async def sign_in(context: BrowserContext, host: ServerProcess, name: str) -> Page:
+    """The host's own login page; it sends the browser on to chatcast under /chat/."""
+    page = await context.new_page()
+    await page.goto(host.url + "/")
+    await page.get_by_label("Name").fill(name)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page).to_have_url(host.url + "/chat/")
+    return page
+
+
 async def test_the_example_host_streams_stops_resumes_and_hears_each_answer_once(
         host: ServerProcess, model_api: FakeServer, context: BrowserContext) -> None:
     base = host.url + "/chat"
-    page = await context.new_page()
-    await page.goto(host.url + "/")
-    await page.get_by_label("Name").fill("alice")
-    await page.get_by_role("button", name="Sign in").click()
-    await expect(page).to_have_url(base + "/")
+    page = await sign_in(context, host, "alice")
     await expect(page.get_by_test_id("connection")).to_have_text("Live · WebSocket",
                                                                  timeout=20_000)
 
@@ -136,3 +143,25 @@ async def test_the_example_host_streams_stops_resumes_and_hears_each_answer_once
                             outcome="delivered") == 2
     assert len(deliveries(host)) == 2
     assert not context.page_errors  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("blocked", "label"), [("ws", "Live · SSE"),
+                                                 ("ws+sse", "Live · long-poll")])
+async def test_the_fallback_transports_work_under_the_prefix(
+        host: ServerProcess, model_api: FakeServer, context: BrowserContext, blocked: str,
+        label: str) -> None:
+    model_api.script(Reply.text(*WORDS[:40], delay_s=0.02))
+    await context.route_web_socket(re.compile(r"/chat/ws"), lambda ws: ws.close())
+    if "sse" in blocked:
+        await context.route(re.compile(r"/chat/api/chats/[^/]+/events"),
+                            lambda route: route.abort())
+    urls: list[str] = []
+    context.on("request", lambda r: urls.append(r.url))
+    page = await sign_in(context, host, "bob")
+    chat = await send(page, "How long does shipping take?")
+    await expect(page.get_by_test_id("connection")).to_have_text(label, timeout=30_000)
+    done = await wait_answer(page, chat, status="complete", timeout=60_000)
+    assert done["content"] == "".join(WORDS[:40])
+    path = "/poll" if "sse" in blocked else "/events"
+    assert any(u.startswith(f"{host.url}/chat/api/chats/{chat}{path}") for u in urls)
+    assert not any(u.startswith(f"{host.url}/api/") for u in urls)  # nothing off the prefix
