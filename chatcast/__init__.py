@@ -1,8 +1,9 @@
 """chatcast: a streaming chat server for LLM applications, and the streaming layer an
 application embeds.
 
-The public API is what this module exports (`__all__`) and the `chatcast.webhooks` module;
-it is typed, documented and kept stable:
+The public API is what this module exports (`__all__`) and the modules `chatcast.webhooks`
+(receiving the webhook) and `chatcast.client` (the async Python client); it is typed,
+documented and kept stable:
 
 - `create_app(...)`: the ASGI app (with no arguments, the one `chatcast serve` runs,
   configured from the environment); run it, or mount it in a Starlette or FastAPI app.

@@ -83,6 +83,18 @@ async def test_everything_under_the_prefix(mounted: ServerProcess) -> None:
         assert metrics.status_code == 200 and "chatcast_generations_total" in metrics.text
 
 
+async def test_the_python_client_under_the_prefix_with_the_hosts_identity(
+        mounted: ServerProcess) -> None:
+    import chatcast.client as cc
+
+    async with cc.connect(mounted.url + PREFIX, headers={"x-host-user": "carol"}) as client:
+        chat = await client.create_chat("from the host's back end")
+        answer = await client.ask(chat.id, "hello")
+    assert answer.status == "completed" and answer.text
+    async with as_user(mounted, "carol") as carol:
+        assert chat.id in [c["id"] for c in (await carol.get("/api/chats")).json()["chats"]]
+
+
 async def test_sigterm_while_streaming_ends_answers_as_chatcast_serve_does(
         tmp_path: Path) -> None:
     srv = host(tmp_path, CHATCAST_DEMO_TOKENS_PER_S="10", CHATCAST_SHUTDOWN_GRACE_S="1")
