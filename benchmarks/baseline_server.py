@@ -1,7 +1,8 @@
 """The baseline: a minimal `websockets` broadcast server — no framework, no bus, no SQL.
 
 It speaks the subset of chatcast's protocol the load generator uses (`subscribe`, `send`,
-`stop`; `ack`, `start`, `delta`, `done` with `length`/`sha256`) and is fed by the same token
+`stop`; `ack`, `start`, `delta`, `done` with `length`/`sha256`; and `stats`, the longest
+event loop stall, measured as chatcast measures its own) and is fed by the same token
 source, `providers.demo.DemoProvider` (chunk k due at t0 + k/R). Each delta is encoded once
 with orjson and written to every subscriber of the chat with `websockets.broadcast` (no
 per-socket queue, no coalescing, no back-pressure). Runs on uvloop, like chatcast.
@@ -25,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from chatcast.providers.base import ChatMessage, StreamParams
 from chatcast.providers.demo import DemoProvider
+from chatcast.server.loopwatch import StallWatch
 
 
 class Baseline:
@@ -34,6 +36,7 @@ class Baseline:
         self.chats: dict[str, set[ServerConnection]] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.ids = itertools.count(1)
+        self.stalls = StallWatch()
 
     async def handler(self, ws: ServerConnection) -> None:
         mine: set[str] = set()
@@ -51,6 +54,10 @@ class Baseline:
                     self.tasks[gen] = asyncio.create_task(
                         self.generate(chat, gen, str(req.get("content", ""))))
                     await ws.send(orjson.dumps({"type": "ack", "rid": rid, "gen": gen}),
+                                  text=True)
+                elif kind == "stats":
+                    await ws.send(orjson.dumps({"type": "ack", "rid": rid, "longest_stall_ms":
+                                                round(self.stalls.longest_s * 1000, 1)}),
                                   text=True)
                 elif kind == "stop":
                     task = self.tasks.get(str(req.get("gen")))
@@ -92,6 +99,7 @@ class Baseline:
 
 async def main_async(host: str, port: int, rate: float, timestamps: bool) -> None:
     app = Baseline(rate, timestamps)
+    app.stalls.start()
     async with serve(app.handler, host, port, compression=None, max_size=64 * 1024):
         print(f"baseline listening on {host}:{port}", flush=True)
         await asyncio.Future()

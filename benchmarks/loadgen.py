@@ -72,6 +72,7 @@ class Tab:
         self.parts: dict[str, list[str]] = {}
         self.last: dict[str, int] = {}
         self.token: dict[str, int] = {}  # gen -> index of the last token received
+        self.first_at: dict[str, float] = {}  # gen -> when its first delta arrived
         self.chat_gen: dict[str, str] = {}
         self.done: dict[str, dict[str, Any]] = {}
         self.done_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -89,6 +90,8 @@ class Tab:
             if seq <= last:
                 self.duplicates += 1
                 return
+            if not last:
+                self.first_at[gen] = now
             text = ev["text"]
             self.parts.setdefault(gen, []).append(text)
             self.last[gen] = seq
@@ -236,7 +239,7 @@ class RunResult:
         return dict(self.__dict__)
 
 
-def _summary(xs: list[float]) -> dict[str, float]:
+def summary(xs: list[float]) -> dict[str, float]:
     if not xs:
         return {"p50": float("nan"), "p99": float("nan"), "max": float("nan"), "n": 0}
     return {"p50": round(percentile(xs, 50), 2), "p99": round(percentile(xs, 99), 2),
@@ -332,20 +335,7 @@ async def _fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gen
     completed = 0
     for i, (chat, group) in enumerate(zip(chats, groups, strict=True)):
         for j, tab in enumerate(group):
-            gen = tab.chat_gen.get(chat)
-            done = tab.done.get(gen) if gen else None
-            if done is None:
-                problems.append(f"chat {i} tab {j}: no done")
-                continue
-            text = tab.assembled(str(gen))
-            if hashlib.sha256(text.encode()).hexdigest() != done["sha256"]:
-                problems.append(f"chat {i} tab {j}: assembled text != done.sha256")
-            if done["status"] == "completed":
-                completed += 1
-                if text != texts[i]:
-                    problems.append(f"chat {i} tab {j}: text differs from the expected reply")
-            if tab.duplicates:
-                problems.append(f"chat {i} tab {j}: {tab.duplicates} duplicate deltas")
+            completed += check_tab(tab, chat, texts[i], f"chat {i} tab {j}", problems)
     lateness = [(now - window.t0[gen] - first / rate) * 1000
                 for gen, now, first in window.frames_at]
     for tab in all_tabs:
@@ -358,13 +348,34 @@ async def _fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gen
     return RunResult(
         gens=gens, tabs=tabs, rate=rate, window_s=round(span, 3), frames=window.frames,
         tokens=window.tokens, frames_per_s=round(window.frames / span, 1),
-        tokens_per_s=round(window.tokens / span, 1), latency_ms=_summary(window.latency_ms),
-        lateness_ms=_summary(lateness), server_cpu_s=round(cpu, 3),
+        tokens_per_s=round(window.tokens / span, 1), latency_ms=summary(window.latency_ms),
+        lateness_ms=summary(lateness), server_cpu_s=round(cpu, 3),
         server_cpu_util=round(cpu / span, 3),
         cpu_us_per_frame=round(cpu / max(window.frames, 1) * 1e6, 2),
         cpu_us_per_token=round(cpu / max(window.tokens, 1) * 1e6, 2),
         loadgen_cpu_util=round((lg1 - lg0) / span, 3), correct=not problems,
         completed=completed, problems=problems[:10], extra=extra)
+
+
+def check_tab(tab: Tab, chat: str, expected: str, name: str, problems: list[str]) -> int:
+    """Whether `tab` saw one `done` for the chat and assembled exactly `expected` (if
+    completed; else what `done.sha256` says), with no duplicate; 1 if it completed, else 0.
+    What is wrong is added to `problems`."""
+    gen = tab.chat_gen.get(chat)
+    done = tab.done.get(gen) if gen else None
+    if done is None:
+        problems.append(f"{name}: no done")
+        return 0
+    text = tab.assembled(str(gen))
+    if hashlib.sha256(text.encode()).hexdigest() != done["sha256"]:
+        problems.append(f"{name}: assembled text != done.sha256")
+    if tab.duplicates:
+        problems.append(f"{name}: {tab.duplicates} duplicate deltas")
+    if done["status"] != "completed":
+        return 0
+    if text != expected:
+        problems.append(f"{name}: text differs from the expected reply")
+    return 1
 
 
 async def _slow_consumer(tab: Tab, rss: Callable[[], int], until: float) -> dict[str, Any]:

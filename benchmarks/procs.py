@@ -129,12 +129,12 @@ def start_baseline(rate: float, cpu: str | None, log: Path) -> Server:
 
 def start_chatcast(label: str, data_dir: Path, *, processes: int = 1, rate: float,
                    redis_url: str | None, cpu: str | None, log: Path,
-                   extra: dict[str, str] | None = None) -> Server:
+                   extra: dict[str, str] | None = None, db_url: str | None = None) -> Server:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {"CHATCAST_DATA_DIR": str(data_dir), "CHATCAST_SECRET_KEY": "bench",
            "CHATCAST_DEMO_TOKENS_PER_S": str(rate), "CHATCAST_DEMO_TIMESTAMPS": "true",
            "CHATCAST_LOG_LEVEL": "WARNING", "CHATCAST_PROVIDER": "demo",
-           "DATABASE_URL": f"sqlite+aiosqlite:///{data_dir}/chatcast.db",
+           "DATABASE_URL": db_url or f"sqlite+aiosqlite:///{data_dir}/chatcast.db",
            # The load is one user with many chats and sockets: per-user limits out of the way.
            **{f"CHATCAST_{k}": v for k, v in BENCH_LIMITS.items()}, **(extra or {})}
     if redis_url:

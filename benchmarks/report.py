@@ -10,6 +10,8 @@ BASE = "baseline (websockets)"
 MEM = "memory bus, 1 process"
 R1 = "Redis bus, 1 process"
 R2 = "Redis bus, 2 processes"
+WJ_MEM = "memory bus, SQLite"
+WJ_R2 = "Redis bus, 2 processes, PostgreSQL"
 
 
 def _fmt(x: Any, nd: int = 1) -> str:
@@ -31,7 +33,7 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     if "fanout" in sc:
         s = sc["fanout"]["summary"]
         base = s[BASE]["cpu_us_per_frame"]["median"]
-        for label, limit in ((R2, 1.6), (R1, 1.6), (MEM, 1.3)):
+        for label, limit in ((R2, 2.2), (R1, 1.8), (MEM, 1.2)):
             ratio = s[label]["cpu_us_per_frame"]["median"] / base
             out.append((f"CPU per delivered frame, {label} ≤ {limit}× baseline",
                         f"{ratio:.2f}×", "scenario 1, medians", ratio <= limit))
@@ -40,26 +42,49 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                     "scenario 1, median of runs", p99 <= 5))
     if "saturation" in sc:
         best = sc["saturation"]["systems"].get(MEM, {}).get("max_frames_per_s", 0.0)
-        out.append(("saturation ≥ 30,000 frames/s per process", f"{best:,.0f} frames/s",
-                    "scenario 2, highest load with p99 lateness ≤ 100 ms", best >= 30000))
+        out.append(("saturation ≥ 50,000 frames/s per process", f"{best:,.0f} frames/s",
+                    "scenario 2, highest load with p99 lateness ≤ 100 ms", best >= 50000))
     if "coalescing" in sc:
         systems = sc["coalescing"]["systems"]
         on = systems["chatcast, coalescing on"]
         base = systems[BASE]["max_tokens_per_s"]
         ratio = on["max_tokens_per_s"] / base if base else 0.0
         p99 = on["best"]["lateness_ms"]["p99"] if on["best"] else float("nan")
-        out.append(("≥ 2× baseline delivered tokens/s at R=200 (coalescing), p99 ≤ 50 ms",
+        out.append(("≥ 3× baseline delivered tokens/s at R=200 (coalescing), p99 ≤ 50 ms",
                     f"{ratio:.2f}× ({on['max_tokens_per_s']:,.0f} vs {base:,.0f}), "
                     f"p99 {p99:.0f} ms", "scenario 3, highest load with p99 lateness ≤ 50 ms",
-                    ratio >= 2))
+                    ratio >= 3))
     if "idle" in sc:
         kib = sc["idle"][MEM]["kib_per_socket"]
-        out.append(("≤ 26 KiB per idle subscribed socket", f"{kib:.1f} KiB", "scenario 4",
-                    kib <= 26))
+        out.append(("≤ 22 KiB per idle subscribed socket", f"{kib:.1f} KiB", "scenario 4",
+                    kib <= 22))
     if "ttft_stop" in sc:
         p99 = sc["ttft_stop"]["stop_redis_2_processes"]["other_tab"]["p99_ms"]
-        out.append(("stop p99 ≤ 250 ms across processes", f"{p99:.1f} ms", "scenario 5",
-                    p99 <= 250))
+        out.append(("stop p99 ≤ 50 ms across processes", f"{p99:.1f} ms", "scenario 5",
+                    p99 <= 50))
+    if "wholejob" in sc:
+        w = sc["wholejob"]
+        s = w["summary"]
+        base = s[BASE]["cpu_us_per_frame"]["median"]
+        burst = w["load"]["burst"]
+        for label, limit, p99_limit in ((WJ_MEM, 1.5, 5.0), (WJ_R2, 2.0, 10.0)):
+            if label not in s:
+                continue
+            v = s[label]
+            ratio = v["cpu_us_per_frame"]["median"] / base
+            out.append((f"whole job, {label}: CPU per delivered frame ≤ {limit}× baseline",
+                        f"{ratio:.2f}× ({_spread(v['cpu_us_per_frame'])} vs "
+                        f"{_spread(s[BASE]['cpu_us_per_frame'])} µs)", "scenario 7, medians",
+                        ratio <= limit))
+            p99 = v["latency_p99_ms"]
+            out.append((f"whole job, {label}: p99 latency ≤ {p99_limit:g} ms, no warm-up cut",
+                        f"{_spread(p99, 1)} ms", "scenario 7, every delta",
+                        p99["median"] <= p99_limit))
+        if WJ_MEM in s:
+            ttft = s[WJ_MEM]["burst_ttft_p99_ms"]
+            out.append((f"whole job, {WJ_MEM}: time to first token p99 ≤ 50 ms, burst of "
+                        f"{burst} sends", f"{_spread(ttft, 1)} ms", "scenario 7, the burst",
+                        None if burst < 100 else ttft["median"] <= 50))
     return out
 
 
@@ -192,7 +217,38 @@ def markdown(res: dict[str, Any]) -> str:
                   "", f"The slow tab was closed with code {x.get('slow_close_code')}; server "
                   f"RSS {x.get('rss_first_mib')} MiB when it stopped reading, at most "
                   f"{x.get('rss_max_mib')} MiB afterwards."]
+    if "wholejob" in sc:
+        lines += wholejob_section(sc["wholejob"])
     return "\n".join(lines) + "\n"
+
+
+def wholejob_section(w: dict[str, Any]) -> list[str]:
+    load, s = w["load"], w["summary"]
+    base = s[BASE]["cpu_us_per_frame"]["median"]
+    lines = ["", f"## 7. The whole job: {load['generations']} generations "
+             f"({load['tabs']} tabs, {load['tokens']:,} tokens), Poisson "
+             f"{load['poisson_per_s']:g}/s over {load['span_s']:g} s plus a burst of "
+             f"{load['burst']} sends in one second at {load['burst_at_s']:g} s; answers "
+             f"≤ {load['max_answer_s']:g} s; chat creation and first message included; every "
+             "system started afresh per run", "",
+             "| system | CPU µs / frame | × baseline | CPU µs / token | latency p50 ms | "
+             "p99 ms | max ms | TTFT p50 / p99 ms (all) | burst TTFT p50 ms | burst TTFT p99 "
+             "ms | longest stall ms | server CPU | exact |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, v in s.items():
+        ratio = v["cpu_us_per_frame"]["median"] / base
+        lines.append(
+            f"| {label} | {_spread(v['cpu_us_per_frame'])} | {ratio:.2f} | "
+            f"{_spread(v['cpu_us_per_token'])} | {_spread(v['latency_p50_ms'], 2)} | "
+            f"{_spread(v['latency_p99_ms'], 1)} | {_spread(v['latency_max_ms'], 0)} | "
+            f"{_fmt(v['ttft_p50_ms']['median'])} / {_fmt(v['ttft_p99_ms']['median'])} | "
+            f"{_spread(v['burst_ttft_p50_ms'], 1)} | {_spread(v['burst_ttft_p99_ms'], 1)} | "
+            f"{_spread(v['longest_stall_ms'], 0)} | "
+            f"{_fmt(v['server_cpu_util']['median'] * 100, 0)} % | "
+            f"{'yes' if v['correct'] else 'NO'} |")
+    lines += ["", "CPU is the server processes' own (PostgreSQL and Redis are separate "
+              "servers, not counted; SQLite runs inside chatcast and is)."]
+    return lines
 
 
 def plots(res: dict[str, Any], out: Path) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -27,11 +28,13 @@ from typing import Any
 
 import uvloop
 
-from benchmarks import loadgen, procs, report
+from benchmarks import loadgen, procs, report, wholejob
 from benchmarks.loadgen import Target, stats
 
 RESULTS = Path(__file__).parent / "results"
-SCENARIOS = ("fanout", "saturation", "coalescing", "idle", "ttft_stop", "slow")
+SCENARIOS = ("fanout", "saturation", "coalescing", "idle", "ttft_stop", "slow", "wholejob")
+#: Where the PostgreSQL runs of the whole-job scenario make their fresh databases.
+PG_ADMIN = os.environ.get("CHATCAST_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 class Bench:
@@ -43,12 +46,12 @@ class Bench:
         self.quick: bool = args.quick
 
     def chatcast(self, label: str, *, processes: int = 1, rate: float,
-                 redis: procs.Redis | None = None,
-                 extra: dict[str, str] | None = None) -> procs.Server:
+                 redis: procs.Redis | None = None, extra: dict[str, str] | None = None,
+                 db_url: str | None = None) -> procs.Server:
         data = Path(tempfile.mkdtemp(dir=self.tmp))
         return procs.start_chatcast(label, data, processes=processes, rate=rate,
                                     redis_url=redis.url if redis else None, cpu=self.cpu,
-                                    log=self.log, extra=extra)
+                                    log=self.log, extra=extra, db_url=db_url)
 
     def baseline(self, rate: float) -> procs.Server:
         return procs.start_baseline(rate, self.cpu, self.log)
@@ -249,6 +252,110 @@ class Bench:
                 "with_slow_tab": slow.as_dict()}
 
 
+    # Scenario 7 -----------------------------------------------------------------------
+
+    async def wholejob(self) -> dict[str, Any]:
+        """Poisson arrivals and a burst, each creating its chat and sending its first
+        message (see benchmarks/wholejob.py); every system is started afresh for every run
+        (a new SQLite file or PostgreSQL database), fed the same schedule."""
+        load = wholejob.Load(poisson_per_s=5, span_s=1.5, burst=10, burst_at_s=0.3,
+                             max_answer_s=1.5) if self.quick else \
+            wholejob.Load(poisson_per_s=10, span_s=5.0, burst=100, burst_at_s=1.5,
+                          max_answer_s=10.0)
+        schedule = load.schedule()
+        systems = [(label, kind, db, procs_n) for label, kind, db, procs_n in WHOLEJOB_SYSTEMS
+                   if kind == "baseline" or self.args.systems is None
+                   or any(w in label for w in self.args.systems)]
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label, *_ in systems}
+        redis = self.redis()
+        try:
+            for rep in range(self.args.repeats):
+                for label, kind, db, procs_n in systems:  # interleaved, as in scenario 1
+                    async with self._fresh(label, kind, db, procs_n, redis) as server:
+                        r = await wholejob.run(Target(server.kind, server.ports), server, load)
+                    runs[label].append(r)
+                    print(f"  wholejob {rep + 1}/{self.args.repeats} {label}: "
+                          f"{r['cpu_us_per_frame']} us/frame, latency p99 "
+                          f"{r['latency_ms']['p99']} ms, burst TTFT p99 "
+                          f"{r['burst_ttft_ms']['p99']} ms, stall {r['longest_stall_ms']} ms, "
+                          f"correct={r['correct']} {r['problems'][:2]}", flush=True)
+        finally:
+            redis.stop()
+        return {"load": {**dataclasses.asdict(load), "generations": len(schedule),
+                         "tabs": sum(a.tabs for a in schedule),
+                         "tokens": sum(a.tokens for a in schedule)},
+                "runs": runs, "summary": {label: _summarise_wholejob(rs)
+                                          for label, rs in runs.items()}}
+
+    @contextlib.asynccontextmanager
+    async def _fresh(self, label: str, kind: str, db: str, processes: int,
+                     redis: procs.Redis) -> Any:
+        if kind == "baseline":
+            server = procs.start_baseline(50, self.cpu, self.log)
+            try:
+                yield server
+            finally:
+                server.stop()
+            return
+        db_url = None
+        name = f"chatcast_bench_{os.getpid()}_{int(time.time() * 1000)}"
+        if db == "postgresql":
+            await _pg_admin(f'CREATE DATABASE "{name}"')
+            db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        try:
+            server = self.chatcast(label, processes=processes, rate=50,
+                                   redis=redis if kind == "redis" else None, db_url=db_url)
+            try:
+                yield server
+            finally:
+                server.stop()
+        finally:
+            if db == "postgresql":
+                await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+#: label, bus ("baseline" | "memory" | "redis"), database, processes
+WHOLEJOB_SYSTEMS = (
+    ("baseline (websockets)", "baseline", "", 1),
+    ("memory bus, SQLite", "memory", "sqlite", 1),
+    ("memory bus, PostgreSQL", "memory", "postgresql", 1),
+    ("Redis bus, 1 process, PostgreSQL", "redis", "postgresql", 1),
+    ("Redis bus, 2 processes, PostgreSQL", "redis", "postgresql", 2),
+)
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(PG_ADMIN, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _summarise_wholejob(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def col(*path: str) -> list[float]:
+        out = []
+        for r in runs:
+            v: Any = r
+            for part in path:
+                v = v[part]
+            out.append(float(v))
+        return out
+
+    keys = {"cpu_us_per_frame": ("cpu_us_per_frame",), "cpu_us_per_token": ("cpu_us_per_token",),
+            "latency_p50_ms": ("latency_ms", "p50"), "latency_p99_ms": ("latency_ms", "p99"),
+            "latency_max_ms": ("latency_ms", "max"), "ttft_p50_ms": ("ttft_ms", "p50"),
+            "ttft_p99_ms": ("ttft_ms", "p99"), "burst_ttft_p50_ms": ("burst_ttft_ms", "p50"),
+            "burst_ttft_p99_ms": ("burst_ttft_ms", "p99"),
+            "longest_stall_ms": ("longest_stall_ms",), "server_cpu_util": ("server_cpu_util",),
+            "duration_s": ("duration_s",)}
+    out: dict[str, Any] = {name: stats(col(*path)) for name, path in keys.items()}
+    out["correct"] = all(r["correct"] for r in runs)
+    return out
+
+
 def _pct(xs: list[float]) -> dict[str, float]:
     return {"p50": round(loadgen.percentile(xs, 50), 2),
             "p99": round(loadgen.percentile(xs, 99), 2), "max": round(max(xs), 2)}
@@ -355,6 +462,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small loads, short windows")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="", help=f"comma-separated: {','.join(SCENARIOS)}")
+    parser.add_argument("--systems", type=lambda v: v.split(","), default=None,
+                        help="whole-job scenario: only the systems whose label contains one "
+                             "of these words (comma-separated), e.g. baseline,SQLite")
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--loadgen-cpu", default="1")
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -13,6 +13,9 @@ from chatcast.providers.think import ThinkSplitter, ThinkTags
 
 THINKING_MODEL = "demo-thinking"
 THINK_PREFIX = "think:"
+#: `pace:<R> <prompt>`: `<prompt>` answered at R tokens/s, whatever the provider's rate (a
+#: benchmark drives many answers at different speeds through one server).
+PACE_PREFIX = "pace:"
 _TOKEN = re.compile(r"\S+\s*|\s+")
 
 _TOPICS = ["streaming", "back-pressure", "reconnects", "cursors", "fan-out", "idempotency"]
@@ -66,9 +69,14 @@ def compose_reply(prompt: str, *, max_tokens: int | None = None) -> list[str]:
     punctuation kept with them). Same prompt → same reply.
 
     A prompt starting with `echo:` is answered with its own text verbatim, which lets tests
-    push arbitrary model output (e.g. XSS payloads) through the whole pipeline."""
+    push arbitrary model output (e.g. XSS payloads) through the whole pipeline.
+    `count:<N> <tag>` is answered with the N words `<tag>w0 <tag>w1 …`: a long answer known
+    in advance from a short prompt (a benchmark's load)."""
     if prompt.startswith("echo:"):
         tokens = _TOKEN.findall(prompt[5:].lstrip())
+    elif prompt.startswith("count:") and prompt[6:].split(" ", 1)[0].isdigit():
+        n, _, tag = prompt[6:].partition(" ")
+        tokens = _TOKEN.findall(" ".join(f"{tag.strip()}w{k}" for k in range(int(n))))
     else:
         rng = random.Random(hashlib.sha256(prompt.encode()).digest())
         topic = rng.choice(_TOPICS)
@@ -111,6 +119,7 @@ class DemoProvider:
     async def stream(self, messages: list[ChatMessage], *, model: str,
                      params: StreamParams) -> AsyncIterator[Chunk]:
         prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        rate, prompt = _paced(prompt, self.tokens_per_s)
         limit = params.max_tokens or self.max_tokens
         chunks = self._plan(prompt, model, limit)
         if messages and messages[-1].role == "assistant":  # continue: only what is missing
@@ -120,7 +129,7 @@ class DemoProvider:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         for k, chunk in enumerate(chunks):
-            due = t0 + k / self.tokens_per_s if self.tokens_per_s > 0 else t0
+            due = t0 + k / rate if rate > 0 else t0
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -144,6 +153,17 @@ class DemoProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+def _paced(prompt: str, default: float) -> tuple[float, str]:
+    """The rate a `pace:<R> ` prompt asks for (else `default`) and the prompt without it."""
+    if prompt.startswith(PACE_PREFIX):
+        head, _, rest = prompt[len(PACE_PREFIX):].partition(" ")
+        try:
+            return float(head), rest
+        except ValueError:
+            pass
+    return default, prompt
 
 
 def _split_echo(tokens: list[str]) -> list[Chunk]:

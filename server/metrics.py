@@ -66,6 +66,14 @@ COALESCED = Counter("chatcast_coalesced_deltas_total",
 LOOP_LAG = Gauge("chatcast_event_loop_lag_seconds",
                  "Median lateness of the event loop's timers over the last second",
                  registry=REGISTRY)
+LOOP_STALLS = Histogram(
+    "chatcast_event_loop_stalls_seconds",
+    "Event loop stalls: how late a timer due every 5 ms ran, for each one late by more "
+    "than 2 ms", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY)
+LOOP_LONGEST_STALL = Gauge("chatcast_event_loop_longest_stall_seconds",
+                           "The longest event loop stall since the process started",
+                           registry=REGISTRY)
 SLOW_CLOSES = Counter("chatcast_slow_consumer_closes_total",
                       "Clients closed because their outbox overflowed", registry=REGISTRY)
 GENERATIONS = Counter("chatcast_generations_total", "Finished generations by status",
@@ -177,6 +185,11 @@ def init_providers(providers: list[str]) -> None:
 
 
 _init()
+
+
+def loop_stall(late_s: float, longest_s: float) -> None:
+    LOOP_STALLS.observe(late_s)
+    LOOP_LONGEST_STALL.set(longest_s)
 
 
 def provider_failure(provider: str, scenario: str) -> None:

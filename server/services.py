@@ -21,6 +21,7 @@ from chatcast.server.cache import make_cache
 from chatcast.server.hooks import AnswerHook, Hooks
 from chatcast.server.hub import Hub, Subscriber
 from chatcast.server.limits import Limits
+from chatcast.server.loopwatch import StallWatch
 from chatcast.server.replay import Replay
 from chatcast.server.runner import Runner
 from chatcast.server.settings import Settings
@@ -103,6 +104,7 @@ class Services:
     #: Open WebSockets per user on this process (for max_sockets_per_user).
     sockets: dict[str, int] = field(default_factory=dict)
     _maintenance: asyncio.Task[None] | None = None
+    stalls: StallWatch = field(default_factory=lambda: StallWatch(on_stall=metrics.loop_stall))
 
     def subscriber(self, transport: str) -> Subscriber:
         return Subscriber(transport, self.settings.outbox_max_frames,
@@ -140,6 +142,7 @@ class Services:
         lifecycle.on_shutdown_begin(svc.begin_shutdown)
         svc._maintenance = asyncio.create_task(runner.maintain(may_reap=svc.lead_cleanup),
                                                name="runner-maintenance")
+        svc.stalls.start()
         log.info("chatcast ready", extra={"bus": bus.__class__.__name__, "auth": settings.auth,
                                           "provider": registry.default,
                                           "database": engine.url.get_backend_name()})
@@ -162,6 +165,7 @@ class Services:
     async def close(self) -> None:
         lifecycle.forget(self.begin_shutdown)
         self.shutting_down.set()
+        self.stalls.close()
         # Leases stay alive while running generations use their grace period.
         await self.runner.close(self.settings.shutdown_grace_s)
         await self.hooks.close(self.settings.shutdown_grace_s)

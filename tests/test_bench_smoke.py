@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import loadgen, procs
+from benchmarks import loadgen, procs, wholejob
 
 
 @pytest.fixture
@@ -46,3 +46,21 @@ async def test_chatcast_tabs_assemble_exact_text(chatcast: procs.Server) -> None
     assert result.completed == 12
     assert result.frames > 0
     assert result.latency_ms["n"] > 0  # deltas carried `ts` (CHATCAST_DEMO_TIMESTAMPS)
+
+
+TINY_JOB = wholejob.Load(poisson_per_s=6, span_s=0.5, burst=4, burst_at_s=0.1,
+                         max_answer_s=0.5)
+
+
+@pytest.mark.parametrize("system", ["baseline", "chatcast"])
+async def test_whole_job_tabs_assemble_exact_text(system: str, request: pytest.FixtureRequest
+                                                  ) -> None:
+    """The whole-job scenario in miniature: arrivals that create their chat, open 1-3 tabs
+    and send; every tab of every arrival assembles exactly its answer."""
+    server: procs.Server = request.getfixturevalue(system)
+    result = await wholejob.run(loadgen.Target(server.kind, server.ports), server, TINY_JOB,
+                                drain_timeout_s=30)
+    assert result["correct"], result["problems"]
+    assert result["completed"] == result["tabs"] == sum(a.tabs for a in TINY_JOB.schedule())
+    assert result["tokens"] == result["expected_tokens"]
+    assert result["longest_stall_ms"] >= 0

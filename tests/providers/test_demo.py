@@ -61,3 +61,13 @@ async def test_cancel_mid_stream_ends_promptly() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled() and 2 <= len(got) < len(compose_reply("hi"))
+
+
+async def test_count_prompt_at_its_own_pace() -> None:
+    """`pace:<R> count:<N> <tag>`: N known words, paced at R whatever the provider's rate
+    (the benchmark's answers of many lengths and speeds through one server)."""
+    demo = DemoProvider(tokens_per_s=0.001)  # would take hours per token at its own rate
+    text, out = await asyncio.wait_for(
+        collect(demo, [ChatMessage("user", "pace:100000 count:4 c7")]), 30)
+    assert text == "c7w0 c7w1 c7w2 c7w3" and out == 4
+    assert "".join(compose_reply("count:x y")) != ""  # not a count: an ordinary reply
