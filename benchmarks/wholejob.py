@@ -10,8 +10,10 @@ seeded schedule drives all of it, every frame counted, nothing cut as warm-up:
 - each arrival: answer length and rate from realistic spreads (log-normal, median 300
   tokens in 50-1500 and 60 tokens/s in 20-150; a draw whose answer would last longer than
   `max_answer_s` is drawn again, to bound the run), 1-3 tabs (half of the users have one);
-- for chatcast the arrival creates its chat (`POST /api/chats`), opens and subscribes its
-  tabs and sends on the first one; the baseline's chats need no creation. The prompt is
+- for chatcast each arrival is a new visitor: its first request creates its chat
+  (`POST /api/chats`, no cookie yet: the user is created and gets its cookie), then it
+  opens and subscribes its tabs and sends on the first one; the baseline's chats need no
+  creation. The prompt is
   `pace:<R> count:<N> c<i>`: the demo model answers N known words at R tokens/s, on both.
 
 Reported per run: server CPU over the whole run per delivered delta frame (and per token),
@@ -93,6 +95,7 @@ class Job:
     index: int
     tabs: list[Tab]
     chat: str = ""
+    cookie: str | None = None
     sent_at: float = 0.0
     gen: str = ""
     error: str = ""
@@ -120,10 +123,11 @@ async def _run(target: Target, server: Server, load: Load,
             for i, a in enumerate(schedule)]
     clients: list[httpx.AsyncClient] = []
     if target.kind == "chatcast":
-        await target.new_chats(1)  # the user's identity (cookie), before the clock starts
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        # An explicit Cookie header that names no user: the client's cookie jar (which
+        # would make every arrival the first one's user) is never used.
         clients = [httpx.AsyncClient(base_url=f"http://{target.host}:{port}", timeout=60,
-                                     limits=limits, headers={"Cookie": target.cookie or ""})
+                                     limits=limits, headers={"Cookie": "visitor=new"})
                    for port in target.ports]
     loop = asyncio.get_running_loop()
     try:
@@ -181,11 +185,12 @@ async def _job(target: Target, clients: list[httpx.AsyncClient], job: Job,
             r = await clients[job.index % procs].post("/api/chats", json={})
             r.raise_for_status()
             job.chat = str(r.json()["id"])
+            job.cookie = r.headers["set-cookie"].split(";")[0]
         else:
             job.chat = f"chat{job.index}"
 
         async def open_tab(j: int, tab: Tab) -> None:
-            await tab.open(target.host, target.ports[(job.index + j) % procs], target.cookie)
+            await tab.open(target.host, target.ports[(job.index + j) % procs], job.cookie)
             await tab.call({"type": "subscribe", "chat": job.chat})
 
         await asyncio.gather(*(open_tab(j, tab) for j, tab in enumerate(job.tabs)))

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, text, update
+from sqlalchemy import bindparam, func, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col, select
+from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from chatcast.core.errors import BadRequest, Busy, NotFound, TooManyGenerations
@@ -63,6 +63,8 @@ class Repo:
         (None: no limit). Checked inside the transaction that starts a generation."""
         self.sessions = sessions
         self.max_active_per_user = max_active_per_user
+        # gen -> (content, reasoning) lengths this process last checkpointed
+        self._saved: dict[str, tuple[int, int]] = {}
 
     async def ping(self) -> bool:
         try:
@@ -367,15 +369,43 @@ class Repo:
 
     @translate_errors
     async def checkpoint_many(self, items: list[Checkpoint]) -> None:
-        """Checkpoints of several generations in one transaction (ORM bulk UPDATE by
-        primary key: one executemany per table)."""
+        """Checkpoints of every running generation, in one transaction, without ORM work
+        per row (the ORM's bulk UPDATE by primary key cost 30-50 µs of event-loop CPU per
+        generation): on PostgreSQL one statement for both tables, its rows as arrays that
+        asyncpg encodes in C; elsewhere one Core executemany per table.
+
+        Only what each text gained since this repo's last checkpoint of the generation is
+        sent: `substr(content, 1, saved) || tail` (characters, as Python counts them, on
+        both databases). A long answer otherwise went whole over the wire every interval.
+        `saved` is what this process itself committed: while a generation is active only
+        its owner writes its text, and whoever ends it writes the full text."""
+        if not items:
+            return
+        rows = []
+        for c in items:
+            saved, saved_reasoning = self._saved.get(c.gen, (0, 0))
+            rows.append((c, saved, c.content[saved:], saved_reasoning,
+                         c.reasoning.text[saved_reasoning:]))
         async with self.sessions() as s:
-            await s.exec(update(Message), params=[
-                {"id": c.message, "content": c.content, **c.reasoning.columns()}
-                for c in items])
-            await s.exec(update(Generation), params=[{"id": c.gen, "last_seq": c.seq}
-                                                     for c in items])
+            conn = await s.connection()
+            if conn.dialect.name == "postgresql":
+                await conn.execute(_CHECKPOINT_PG, {
+                    "gens": [c.gen for c in items], "messages": [c.message for c in items],
+                    "saved": [r[1] for r in rows], "tails": [r[2] for r in rows],
+                    "rsaved": [r[3] for r in rows], "rtails": [r[4] for r in rows],
+                    "started": [c.reasoning.started_at for c in items],
+                    "ended": [c.reasoning.ended_at for c in items],
+                    "seqs": [c.seq for c in items]})
+            else:
+                await conn.execute(_CHECKPOINT_MESSAGE, [
+                    {"m_id": c.message, "m_saved": saved, "m_tail": tail,
+                     "m_rsaved": rsaved, "m_rtail": rtail, "m_started": c.reasoning.started_at,
+                     "m_ended": c.reasoning.ended_at} for c, saved, tail, rsaved, rtail in rows])
+                await conn.execute(_CHECKPOINT_GENERATION, [{"g_id": c.gen, "g_seq": c.seq}
+                                                            for c in items])
             await s.commit()
+        for c in items:
+            self._saved[c.gen] = (len(c.content), len(c.reasoning.text))
 
     @translate_errors
     async def finish(self, gen_id: str, status: str, content: str, seq: int, *,
@@ -388,6 +418,7 @@ class Repo:
         `reasoning` None leaves the message's reasoning as it is; `message_meta` becomes the
         answer message's metadata."""
         now = utcnow()
+        self._saved.pop(gen_id, None)
         async with self.sessions() as s:
             q = update(Generation).where(col(Generation.id) == gen_id)
             if only_if_active:
@@ -466,6 +497,38 @@ class Repo:
                 q = q.where(col(Generation.owner).is_distinct_from(exclude_owner))
             return list(await s.exec(q))
 
+
+
+_MESSAGE = SQLModel.metadata.tables["message"]
+_GENERATION = SQLModel.metadata.tables["generation"]
+# Bind names differ from the column names: SQLAlchemy reserves those for SET.
+_CHECKPOINT_MESSAGE = (
+    update(_MESSAGE).where(_MESSAGE.c.id == bindparam("m_id"))
+    .values(content=func.substr(_MESSAGE.c.content, 1, bindparam("m_saved"))
+            .concat(bindparam("m_tail")),
+            reasoning=func.substr(_MESSAGE.c.reasoning, 1, bindparam("m_rsaved"))
+            .concat(bindparam("m_rtail")),
+            reasoning_started_at=bindparam("m_started"),
+            reasoning_ended_at=bindparam("m_ended")))
+_CHECKPOINT_GENERATION = (update(_GENERATION).where(_GENERATION.c.id == bindparam("g_id"))
+                          .values(last_seq=bindparam("g_seq")))
+# PostgreSQL: every row of both tables in one statement, the values as parallel arrays.
+_CHECKPOINT_PG = text("""
+WITH v AS (
+  SELECT * FROM unnest(CAST(:gens AS varchar[]), CAST(:messages AS varchar[]),
+                       CAST(:saved AS integer[]), CAST(:tails AS text[]),
+                       CAST(:rsaved AS integer[]), CAST(:rtails AS text[]),
+                       CAST(:started AS timestamptz[]), CAST(:ended AS timestamptz[]),
+                       CAST(:seqs AS integer[]))
+    AS v(gen, message, saved, tail, rsaved, rtail, started, ended, seq)
+), m AS (
+  UPDATE message SET content = substr(message.content, 1, v.saved) || v.tail,
+         reasoning = substr(message.reasoning, 1, v.rsaved) || v.rtail,
+         reasoning_started_at = v.started, reasoning_ended_at = v.ended
+  FROM v WHERE message.id = v.message
+)
+UPDATE generation SET last_seq = v.seq FROM v WHERE generation.id = v.gen
+""")
 
 
 async def _commit_start(s: AsyncSession) -> None:
