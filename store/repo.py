@@ -7,6 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import SQLModel, col, select
@@ -43,6 +45,16 @@ class Started:
     repeated: bool = False  # the same client_msg_id was sent before
 
 
+@dataclass(slots=True)
+class ChatState:
+    """A chat as a snapshot shows it (see `Repo.chat_state`)."""
+
+    messages: list[Message]  # the newest page, oldest first
+    has_more: bool
+    active: tuple[Generation, Message] | None
+    latest: Generation | None  # the latest generation, when none is active
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """The partial answer of a running generation, as of `seq`."""
@@ -63,6 +75,7 @@ class Repo:
         (None: no limit). Checked inside the transaction that starts a generation."""
         self.sessions = sessions
         self.max_active_per_user = max_active_per_user
+        self._users: set[str] = set()  # users whose row exists
         # gen -> (content, reasoning) lengths this process last checkpointed
         self._saved: dict[str, tuple[int, int]] = {}
 
@@ -79,12 +92,21 @@ class Repo:
     @translate_errors
     async def ensure_user(self, user_id: str) -> None:
         async with self.sessions() as s:
-            if await s.get(User, user_id) is None:
-                s.add(User(id=user_id))
-                try:
-                    await s.commit()
-                except IntegrityError:  # created concurrently: fine
-                    await s.rollback()
+            await self._ensure_user(s, user_id)
+            await s.commit()
+        self._users.add(user_id)
+
+    async def _ensure_user(self, s: AsyncSession, user_id: str) -> None:
+        """The user's row, inserted in `s`'s transaction unless it exists: one statement
+        that a concurrent insert cannot fail (ON CONFLICT DO NOTHING, on both databases),
+        none at all for a user this process has seen committed (users are never deleted;
+        the caller notes it in `_users` after its commit)."""
+        if user_id in self._users:
+            return
+        row = User(id=user_id)
+        insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+        await s.exec(insert(User).values(id=row.id, display_name=row.display_name,
+                                            created_at=row.created_at).on_conflict_do_nothing())
 
     @translate_errors
     async def create_api_token(self, user_id: str, name: str, token_hash: str) -> ApiToken:
@@ -136,11 +158,13 @@ class Repo:
     @translate_errors
     async def create_chat(self, user_id: str, title: str | None = None,
                           provider: str | None = None, model: str | None = None) -> Chat:
-        await self.ensure_user(user_id)
+        """A new chat (and its user, if new) in one transaction."""
         chat = Chat(user_id=user_id, title=title or "New chat", provider=provider, model=model)
         async with self.sessions() as s:
+            await self._ensure_user(s, user_id)
             s.add(chat)
             await s.commit()
+        self._users.add(user_id)
         return chat
 
     @translate_errors
@@ -211,12 +235,7 @@ class Repo:
                             limit: int = 50) -> tuple[list[Message], bool]:
         """A page of history, newest page first; messages oldest → newest within the page."""
         async with self.sessions() as s:
-            q = select(Message).where(Message.chat_id == chat_id)
-            if before:
-                q = q.where(col(Message.id) < before)
-            rows = list(await s.exec(q.order_by(col(Message.id).desc()).limit(limit + 1)))
-        has_more = len(rows) > limit
-        return list(reversed(rows[:limit])), has_more
+            return await _page(s, chat_id, before, limit)
 
     @translate_errors
     async def history(self, chat_id: str, upto_message: str | None = None) -> list[Message]:
@@ -237,10 +256,12 @@ class Repo:
     @translate_errors
     async def start_send(self, user_id: str, chat_id: str, content: str,
                          client_msg_id: str | None, provider: str, model: str,
-                         owner: str) -> Started:
+                         owner: str, chat: Chat | None = None) -> Started:
         """Store the user message and start its generation, atomically. The same
-        client_msg_id twice returns the first result; a chat already generating is Busy."""
-        chat = await self.get_chat(user_id, chat_id)
+        client_msg_id twice returns the first result; a chat already generating is Busy.
+        `chat`: the user's chat as the caller just read it (else it is read here)."""
+        if chat is None or chat.id != chat_id or chat.user_id != user_id:
+            chat = await self.get_chat(user_id, chat_id)
         user_msg = Message(chat_id=chat_id, role="user", content=content,
                            client_msg_id=client_msg_id)
         assistant = Message(chat_id=chat_id, role="assistant", status="streaming",
@@ -473,21 +494,27 @@ class Repo:
             Generation.chat_id == chat_id, Generation.status == "active"))).first()
 
     @translate_errors
+    async def chat_state(self, chat_id: str, limit: int) -> ChatState:
+        """What a snapshot of the chat shows, read in one session (one connection and
+        transaction instead of three): the newest page of messages, the active generation
+        with its message, and the latest generation."""
+        async with self.sessions() as s:
+            messages, has_more = await _page(s, chat_id, None, limit)
+            active = await _active_with_message(s, chat_id)
+            latest = None if active else await _latest_generation(s, chat_id)
+        return ChatState(messages, has_more, active, latest)
+
+    @translate_errors
     async def active_with_message(self, chat_id: str) -> tuple[Generation, Message] | None:
         """The active generation and its message read in ONE statement, so the checkpointed
         content and `last_seq` belong together."""
         async with self.sessions() as s:
-            row = (await s.exec(select(Generation, Message)
-                                .join(Message, col(Message.id) == col(Generation.message_id))
-                                .where(Generation.chat_id == chat_id,
-                                       Generation.status == "active"))).first()
-            return (row[0], row[1]) if row else None
+            return await _active_with_message(s, chat_id)
 
     @translate_errors
     async def latest_generation(self, chat_id: str) -> Generation | None:
         async with self.sessions() as s:
-            return (await s.exec(select(Generation).where(Generation.chat_id == chat_id)
-                                 .order_by(col(Generation.id).desc()).limit(1))).first()
+            return await _latest_generation(s, chat_id)
 
     @translate_errors
     async def active_generations(self, exclude_owner: str | None = None) -> list[Generation]:
@@ -529,6 +556,29 @@ WITH v AS (
 )
 UPDATE generation SET last_seq = v.seq FROM v WHERE generation.id = v.gen
 """)
+
+
+async def _page(s: AsyncSession, chat_id: str, before: str | None,
+                limit: int) -> tuple[list[Message], bool]:
+    q = select(Message).where(Message.chat_id == chat_id)
+    if before:
+        q = q.where(col(Message.id) < before)
+    rows = list(await s.exec(q.order_by(col(Message.id).desc()).limit(limit + 1)))
+    return list(reversed(rows[:limit])), len(rows) > limit
+
+
+async def _active_with_message(s: AsyncSession,
+                               chat_id: str) -> tuple[Generation, Message] | None:
+    row = (await s.exec(select(Generation, Message)
+                        .join(Message, col(Message.id) == col(Generation.message_id))
+                        .where(Generation.chat_id == chat_id,
+                               Generation.status == "active"))).first()
+    return (row[0], row[1]) if row else None
+
+
+async def _latest_generation(s: AsyncSession, chat_id: str) -> Generation | None:
+    return (await s.exec(select(Generation).where(Generation.chat_id == chat_id)
+                         .order_by(col(Generation.id).desc()).limit(1))).first()
 
 
 async def _commit_start(s: AsyncSession) -> None:
