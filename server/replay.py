@@ -50,11 +50,10 @@ class Replay:
         return tail
 
     async def snapshot(self, chat: str) -> Event:
-        messages, has_more = await self.repo.messages_page(chat, limit=self.page_size)
-        active = await self.repo.active_with_message(chat)
-        active_state = await self._active_state(*active) if active else None
+        state = await self.repo.chat_state(chat, self.page_size)
+        messages, has_more, latest = state.messages, state.has_more, state.latest
+        active_state = await self._active_state(*state.active) if state.active else None
         active_at = (active_state["gen"], active_state["seq"]) if active_state else None
-        latest = await self.repo.latest_generation(chat) if active_state is None else None
         # After the latest generation's done (its seq is the last text seq + 1).
         latest_at = (latest.id, latest.last_seq + 1) if latest else None
         cursor = resume_point(active_at, latest_at)

@@ -184,7 +184,7 @@ class Runner:
         chat = await self.repo.get_chat(user_id, chat_id)
         provider, model = self.registry.resolve(chat.provider, chat.model)
         started = await self.repo.start_send(user_id, chat_id, content, client_msg_id,
-                                             provider, model, self.bus.owner)
+                                             provider, model, self.bus.owner, chat=chat)
         if not started.repeated:
             assert started.user_message is not None
             await self._launch(started, announce=started.user_message)
