@@ -33,7 +33,13 @@ def sqlite_url(data_dir: Path) -> str:
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # One connection for the process: SQLite has one writer at a time, and writers on
+        # several connections meet SQLITE_BUSY and sleep in its busy handler (1 … 100 ms
+        # steps) while they hold their connections. Under a burst of starts that slept for
+        # seconds; one connection queues them in order on the event loop instead.
+        pool: dict[str, Any] = {} if make_url(url).database in (None, "", ":memory:") \
+            else {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -448,26 +448,23 @@ class Repo:
                                       "error": error}
             if meta is not None:
                 values["meta"] = meta
-            result = await s.exec(q.values(**values))
-            if result.rowcount == 0:
+            # Two statements with RETURNING (no reads, no ORM flush): the finish path runs
+            # for every answer, often for many at the same moment.
+            message_id = (await s.exec(q.values(**values)
+                                       .returning(col(Generation.message_id)))).first()
+            if message_id is None:
                 await s.rollback()
                 return None
-            gen = await s.get(Generation, gen_id)
-            assert gen is not None
-            msg = await s.get(Message, gen.message_id)
-            assert msg is not None
-            msg.content = content
+            changes: dict[str, Any] = {
+                "content": content, "status": TERMINAL_TO_MESSAGE[status],
+                "is_streaming": False, "completed_at": now, "meta": message_meta}
             if reasoning is not None:
-                msg.reasoning = reasoning.text
-                msg.reasoning_started_at = reasoning.started_at
-                msg.reasoning_ended_at = reasoning.ended_at
-            msg.status = TERMINAL_TO_MESSAGE[status]
-            msg.is_streaming = False
-            msg.completed_at = now
+                changes.update(reasoning.columns())
             if usage is not None:
-                msg.usage = usage
-            msg.meta = message_meta
-            s.add(msg)
+                changes["usage"] = usage
+            msg: Message = (await s.exec(
+                update(Message).where(col(Message.id) == message_id[0]).values(**changes)
+                .returning(Message))).scalars().one()
             await s.commit()
             return msg
 
