@@ -260,8 +260,7 @@ class Bench:
         (a new SQLite file or PostgreSQL database), fed the same schedule."""
         load = wholejob.Load(poisson_per_s=5, span_s=1.5, burst=10, burst_at_s=0.3,
                              max_answer_s=1.5) if self.quick else \
-            wholejob.Load(poisson_per_s=10, span_s=5.0, burst=100, burst_at_s=1.5,
-                          max_answer_s=10.0)
+            WHOLEJOB_LOAD
         schedule = load.schedule()
         systems = [(label, kind, db, procs_n) for label, kind, db, procs_n in WHOLEJOB_SYSTEMS
                    if kind == "baseline" or self.args.systems is None
@@ -313,6 +312,11 @@ class Bench:
             if db == "postgresql":
                 await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+
+#: The full-size whole-job load: ~40 Poisson arrivals over 4 s, a burst of 100 sends in the
+#: second second, answers of up to 8 s.
+WHOLEJOB_LOAD = wholejob.Load(poisson_per_s=10, span_s=4.0, burst=100, burst_at_s=1.0,
+                              max_answer_s=8.0)
 
 #: label, bus ("baseline" | "memory" | "redis"), database, processes
 WHOLEJOB_SYSTEMS = (

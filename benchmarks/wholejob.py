@@ -18,7 +18,8 @@ seeded schedule drives all of it, every frame counted, nothing cut as warm-up:
 
 Reported per run: server CPU over the whole run per delivered delta frame (and per token),
 latency (receive - the provider's emit `ts`) p50/p99/max over every delta, time to first
-token (send → first delta on the sending tab) p50/p99 of the burst's sends and of all,
+token (send → first delta on the sending tab) p50/p99 of the burst's sends and of all
+(and where a burst arrival's time went: chat creation, tabs, the send's ack, first delta),
 the event loop's longest stall (the server's own `StallWatch`), and exactness of every tab.
 """
 
@@ -96,6 +97,10 @@ class Job:
     tabs: list[Tab]
     chat: str = ""
     cookie: str | None = None
+    arrived_at: float = 0.0
+    created_at: float = 0.0  # the chat exists
+    subscribed_at: float = 0.0  # every tab subscribed
+    acked_at: float = 0.0  # the send was acknowledged (the generation started)
     sent_at: float = 0.0
     gen: str = ""
     error: str = ""
@@ -159,6 +164,14 @@ async def _run(target: Target, server: Server, load: Load,
     ttft = {kind: [(j.tabs[0].first_at[j.gen] - j.sent_at) * 1000 for j in jobs
                    if j.gen in j.tabs[0].first_at and (kind == "all" or j.arrival.burst)]
             for kind in ("all", "burst")}
+    burst = [j for j in jobs if j.arrival.burst and j.gen in j.tabs[0].first_at]
+    phases = {name: summary([(b - a) * 1000 for a, b in pairs]) for name, pairs in (
+        ("create_chat", [(j.arrived_at, j.created_at) for j in burst]),
+        ("open_and_subscribe", [(j.created_at, j.subscribed_at) for j in burst]),
+        ("send_ack", [(j.sent_at, j.acked_at) for j in burst]),
+        ("ack_to_first_delta", [(j.acked_at, j.tabs[0].first_at[j.gen]) for j in burst]),
+        ("arrival_to_first_delta", [(j.arrived_at, j.tabs[0].first_at[j.gen])
+                                    for j in burst]))}
     cpu, span = cpu1 - cpu0, wall1 - wall0
     tabs = sum(len(j.tabs) for j in jobs)
     return {
@@ -169,7 +182,8 @@ async def _run(target: Target, server: Server, load: Load,
         "cpu_us_per_frame": round(cpu / max(window.frames, 1) * 1e6, 2),
         "cpu_us_per_token": round(cpu / max(window.tokens, 1) * 1e6, 2),
         "latency_ms": summary(window.latency_ms), "ttft_ms": summary(ttft["all"]),
-        "burst_ttft_ms": summary(ttft["burst"]), "longest_stall_ms": stall_ms,
+        "burst_ttft_ms": summary(ttft["burst"]), "burst_phases_ms": phases,
+        "longest_stall_ms": stall_ms,
         "completed": completed, "correct": not problems and completed == tabs,
         "problems": problems[:10]}
 
@@ -180,6 +194,7 @@ async def _job(target: Target, clients: list[httpx.AsyncClient], job: Job,
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, t0 + a.at_s - loop.time()))
     procs = len(target.ports)
+    job.arrived_at = time.time()
     try:
         if clients:
             r = await clients[job.index % procs].post("/api/chats", json={})
@@ -188,6 +203,7 @@ async def _job(target: Target, clients: list[httpx.AsyncClient], job: Job,
             job.cookie = r.headers["set-cookie"].split(";")[0]
         else:
             job.chat = f"chat{job.index}"
+        job.created_at = time.time()
 
         async def open_tab(j: int, tab: Tab) -> None:
             await tab.open(target.host, target.ports[(job.index + j) % procs], job.cookie)
@@ -195,9 +211,10 @@ async def _job(target: Target, clients: list[httpx.AsyncClient], job: Job,
 
         await asyncio.gather(*(open_tab(j, tab) for j, tab in enumerate(job.tabs)))
         dones = [tab.wait_done(job.chat) for tab in job.tabs]
-        job.sent_at = time.time()
+        job.subscribed_at = job.sent_at = time.time()
         ack = await job.tabs[0].call({"type": "send", "chat": job.chat, "content":
                                       f"pace:{a.rate:g} count:{a.tokens} c{job.index}"})
+        job.acked_at = time.time()
         job.gen = str(ack.get("gen", ""))
         async with asyncio.timeout(a.tokens / a.rate + 60):
             await asyncio.gather(*dones)
