@@ -115,6 +115,7 @@ class Running:
     usage: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     log: LogCopy = field(default_factory=LogCopy)
+    history: list[Message] | None = None  # the conversation, if the start read it already
     checkpointed: int = 0  # the seq the last SQL checkpoint reached
     checkpointed_chars: int = 0  # and the length of the content it wrote
     saving_since: float | None = None  # the final write failed first then (monotonic)
@@ -277,7 +278,8 @@ class Runner:
         base = started.base_reasoning
         running = Running(gen, gen.chat_id, gen.message_id, started.base_content,
                           Reasoning(base.text, base.started_at, base.ended_at),
-                          assistant=started.assistant, announce=announce)
+                          assistant=started.assistant, announce=announce,
+                          history=started.history)
         self.running[gen.id] = running
         begun: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._run(running, begun),
@@ -505,7 +507,9 @@ class Runner:
             await self.bus.refresh_lease(r.gen.id, self.settings.lease_ttl_s / 2)
 
     async def _history(self, r: Running) -> list[ChatMessage]:
-        rows = await self.repo.history(r.chat_id, upto_message=r.message_id)
+        rows, r.history = r.history, None
+        if rows is None:
+            rows = await self.repo.history(r.chat_id, upto_message=r.message_id)
         regenerates = (r.gen.meta or {}).get("regenerates")
         if regenerates:  # a new answer to that message: what came after it is not context
             rows = [m for m in rows if m.id <= regenerates]

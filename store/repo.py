@@ -43,6 +43,9 @@ class Started:
     base_content: str = ""  # text the answer already had (continue)
     base_reasoning: Reasoning = field(default_factory=Reasoning)  # and its reasoning
     repeated: bool = False  # the same client_msg_id was sent before
+    # The conversation before the answer (as `Repo.history` reads it), when the start read
+    # it in its own transaction; None: read it later.
+    history: list[Message] | None = None
 
 
 @dataclass(slots=True)
@@ -241,10 +244,7 @@ class Repo:
     async def history(self, chat_id: str, upto_message: str | None = None) -> list[Message]:
         """The conversation for the model: oldest first, up to (excluding) a message."""
         async with self.sessions() as s:
-            q = select(Message).where(Message.chat_id == chat_id)
-            if upto_message:
-                q = q.where(col(Message.id) < upto_message)
-            return list(await s.exec(q.order_by(col(Message.id))))
+            return await _history(s, chat_id, upto_message)
 
     @translate_errors
     async def get_message(self, message_id: str) -> Message | None:
@@ -280,6 +280,9 @@ class Repo:
                 if found is None:
                     raise self._too_many()
                 return found
+            # The conversation so far, read in this transaction (not in a session of its
+            # own once the answer starts): what came before, and the new message.
+            before = await _history(s, chat_id, None)
             s.add_all([user_msg, assistant, gen, chat])
             try:
                 await s.commit()
@@ -295,7 +298,9 @@ class Repo:
             if found is None:
                 raise Busy()
             return found
-        return Started(chat, gen, assistant, user_msg)
+        history = sorted((m for m in [*before, user_msg] if m.id < assistant.id),
+                         key=lambda m: m.id)
+        return Started(chat, gen, assistant, user_msg, history=history)
 
     async def _may_start(self, s: AsyncSession, user_id: str) -> bool:
         """Whether the user may start one more generation. Locks the user's row first, so
@@ -553,6 +558,13 @@ WITH v AS (
 )
 UPDATE generation SET last_seq = v.seq FROM v WHERE generation.id = v.gen
 """)
+
+
+async def _history(s: AsyncSession, chat_id: str, upto_message: str | None) -> list[Message]:
+    q = select(Message).where(Message.chat_id == chat_id)
+    if upto_message:
+        q = q.where(col(Message.id) < upto_message)
+    return list(await s.exec(q.order_by(col(Message.id))))
 
 
 async def _page(s: AsyncSession, chat_id: str, before: str | None,
