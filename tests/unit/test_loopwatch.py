@@ -14,12 +14,13 @@ async def test_a_blocked_loop_is_seen_as_a_stall() -> None:
     watch.start()
     try:
         await asyncio.sleep(0.02)
+        seen.clear()  # a busy machine may have delayed a tick already: only the block counts
         time.sleep(0.1)  # noqa: ASYNC251 - holds the loop on purpose: the watch cannot run
         async with asyncio.timeout(10):
             while not seen:  # noqa: ASYNC110 - bounded
                 await asyncio.sleep(0.005)
     finally:
         watch.close()
-    # Blocked for 100 ms with a 5 ms tick: at least 95 ms late.
-    assert watch.longest_s >= 0.095
-    assert max(late for late, _ in seen) == watch.longest_s
+    # Blocked for 100 ms with a 5 ms tick: the first tick after it is at least 95 ms late.
+    assert seen[0][0] >= 0.095
+    assert seen[0][0] <= seen[0][1] <= watch.longest_s
