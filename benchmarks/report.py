@@ -22,7 +22,7 @@ def _fmt(x: Any, nd: int = 1) -> str:
     return str(x)
 
 
-def _spread(s: dict[str, float], nd: int = 1) -> str:
+def spread(s: dict[str, float], nd: int = 1) -> str:
     return f"{_fmt(s['median'], nd)} ({_fmt(s['min'], nd)}–{_fmt(s['max'], nd)})"
 
 
@@ -73,17 +73,17 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             v = s[label]
             ratio = v["cpu_us_per_frame"]["median"] / base
             out.append((f"whole job, {label}: CPU per delivered frame ≤ {limit}× baseline",
-                        f"{ratio:.2f}× ({_spread(v['cpu_us_per_frame'])} vs "
-                        f"{_spread(s[BASE]['cpu_us_per_frame'])} µs)", "scenario 7, medians",
+                        f"{ratio:.2f}× ({spread(v['cpu_us_per_frame'])} vs "
+                        f"{spread(s[BASE]['cpu_us_per_frame'])} µs)", "scenario 7, medians",
                         ratio <= limit))
             p99 = v["latency_p99_ms"]
             out.append((f"whole job, {label}: p99 latency ≤ {p99_limit:g} ms, no warm-up cut",
-                        f"{_spread(p99, 1)} ms", "scenario 7, every delta",
+                        f"{spread(p99, 1)} ms", "scenario 7, every delta",
                         p99["median"] <= p99_limit))
         if WJ_MEM in s:
             ttft = s[WJ_MEM]["burst_ttft_p99_ms"]
             out.append((f"whole job, {WJ_MEM}: time to first token p99 ≤ 50 ms, burst of "
-                        f"{burst} sends", f"{_spread(ttft, 1)} ms", "scenario 7, the burst",
+                        f"{burst} sends", f"{spread(ttft, 1)} ms", "scenario 7, the burst",
                         None if burst < 100 else ttft["median"] <= 50))
     return out
 
@@ -114,11 +114,11 @@ def markdown(res: dict[str, Any]) -> str:
             ratio = v["cpu_us_per_frame"]["median"] / base
             rt = v.get("redis_round_trips_per_token")
             lines.append(
-                f"| {label} | {_spread(v['cpu_us_per_frame'])} | {ratio:.2f} | "
-                f"{_fmt(v['frames_per_s']['median'], 0)} | {_spread(v['latency_p50_ms'], 2)} | "
-                f"{_spread(v['latency_p99_ms'], 2)} | {_spread(v['lateness_p99_ms'], 1)} | "
+                f"| {label} | {spread(v['cpu_us_per_frame'])} | {ratio:.2f} | "
+                f"{_fmt(v['frames_per_s']['median'], 0)} | {spread(v['latency_p50_ms'], 2)} | "
+                f"{spread(v['latency_p99_ms'], 2)} | {spread(v['lateness_p99_ms'], 1)} | "
                 f"{_fmt(v['server_cpu_util']['median'] * 100, 0)} % | "
-                f"{_spread(rt, 2) if rt else '–'} | {'yes' if v['correct'] else 'NO'} |")
+                f"{spread(rt, 2) if rt else '–'} | {'yes' if v['correct'] else 'NO'} |")
         for label in (R1, R2):
             runs = f["runs"].get(label) or []
             if runs and "redis" in runs[-1]:
@@ -238,12 +238,12 @@ def wholejob_section(w: dict[str, Any]) -> list[str]:
     for label, v in s.items():
         ratio = v["cpu_us_per_frame"]["median"] / base
         lines.append(
-            f"| {label} | {_spread(v['cpu_us_per_frame'])} | {ratio:.2f} | "
-            f"{_spread(v['cpu_us_per_token'])} | {_spread(v['latency_p50_ms'], 2)} | "
-            f"{_spread(v['latency_p99_ms'], 1)} | {_spread(v['latency_max_ms'], 0)} | "
+            f"| {label} | {spread(v['cpu_us_per_frame'])} | {ratio:.2f} | "
+            f"{spread(v['cpu_us_per_token'])} | {spread(v['latency_p50_ms'], 2)} | "
+            f"{spread(v['latency_p99_ms'], 1)} | {spread(v['latency_max_ms'], 0)} | "
             f"{_fmt(v['ttft_p50_ms']['median'])} / {_fmt(v['ttft_p99_ms']['median'])} | "
-            f"{_spread(v['burst_ttft_p50_ms'], 1)} | {_spread(v['burst_ttft_p99_ms'], 1)} | "
-            f"{_spread(v['longest_stall_ms'], 0)} | "
+            f"{spread(v['burst_ttft_p50_ms'], 1)} | {spread(v['burst_ttft_p99_ms'], 1)} | "
+            f"{spread(v['longest_stall_ms'], 0)} | "
             f"{_fmt(v['server_cpu_util']['median'] * 100, 0)} % | "
             f"{'yes' if v['correct'] else 'NO'} |")
     lines += ["", "CPU is the server processes' own (PostgreSQL and Redis are separate "

@@ -258,9 +258,7 @@ class Bench:
         """Poisson arrivals and a burst, each creating its chat and sending its first
         message (see benchmarks/wholejob.py); every system is started afresh for every run
         (a new SQLite file or PostgreSQL database), fed the same schedule."""
-        load = wholejob.Load(poisson_per_s=5, span_s=1.5, burst=10, burst_at_s=0.3,
-                             max_answer_s=1.5) if self.quick else \
-            WHOLEJOB_LOAD
+        load = QUICK_WHOLEJOB_LOAD if self.quick else WHOLEJOB_LOAD
         schedule = load.schedule()
         systems = [(label, kind, db, procs_n) for label, kind, db, procs_n in WHOLEJOB_SYSTEMS
                    if kind == "baseline" or self.args.systems is None
@@ -270,7 +268,7 @@ class Bench:
         try:
             for rep in range(self.args.repeats):
                 for label, kind, db, procs_n in systems:  # interleaved, as in scenario 1
-                    async with self._fresh(label, kind, db, procs_n, redis) as server:
+                    async with self.fresh(label, kind, db, procs_n, redis) as server:
                         r = await wholejob.run(Target(server.kind, server.ports), server, load)
                     runs[label].append(r)
                     print(f"  wholejob {rep + 1}/{self.args.repeats} {label}: "
@@ -283,11 +281,11 @@ class Bench:
         return {"load": {**dataclasses.asdict(load), "generations": len(schedule),
                          "tabs": sum(a.tabs for a in schedule),
                          "tokens": sum(a.tokens for a in schedule)},
-                "runs": runs, "summary": {label: _summarise_wholejob(rs)
+                "runs": runs, "summary": {label: summarise_wholejob(rs)
                                           for label, rs in runs.items()}}
 
     @contextlib.asynccontextmanager
-    async def _fresh(self, label: str, kind: str, db: str, processes: int,
+    async def fresh(self, label: str, kind: str, db: str, processes: int,
                      redis: procs.Redis) -> Any:
         if kind == "baseline":
             server = procs.start_baseline(50, self.cpu, self.log)
@@ -317,6 +315,8 @@ class Bench:
 #: second second, answers of up to 8 s.
 WHOLEJOB_LOAD = wholejob.Load(poisson_per_s=10, span_s=4.0, burst=100, burst_at_s=1.0,
                               max_answer_s=8.0)
+QUICK_WHOLEJOB_LOAD = wholejob.Load(poisson_per_s=5, span_s=1.5, burst=10, burst_at_s=0.3,
+                                    max_answer_s=1.5)
 
 #: label, bus ("baseline" | "memory" | "redis"), database, processes
 WHOLEJOB_SYSTEMS = (
@@ -338,7 +338,7 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
-def _summarise_wholejob(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_wholejob(runs: list[dict[str, Any]]) -> dict[str, Any]:
     def col(*path: str) -> list[float]:
         out = []
         for r in runs:
@@ -417,7 +417,7 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _affinity(cpu: str) -> Iterator[None]:
+def affinity(cpu: str) -> Iterator[None]:
     old = os.sched_getaffinity(0)
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {int(c) for c in cpu.split(",")})
@@ -427,7 +427,7 @@ def _affinity(cpu: str) -> Iterator[None]:
         os.sched_setaffinity(0, old)
 
 
-def _raise_nofile(want: int = 20000) -> None:
+def raise_nofile(want: int = 20000) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = want if hard == resource.RLIM_INFINITY else min(want, hard)
     if soft < target:
@@ -473,9 +473,9 @@ def main() -> None:
     parser.add_argument("--loadgen-cpu", default="1")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    _raise_nofile()
+    raise_nofile()
     started = time.monotonic()
-    with _affinity(args.loadgen_cpu):
+    with affinity(args.loadgen_cpu):
         result = uvloop.run(run_all(args))
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
