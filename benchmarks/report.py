@@ -72,10 +72,11 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                 continue
             v = s[label]
             ratio = v["cpu_us_per_frame"]["median"] / base
+            per_token = v["cpu_us_per_token"]["median"] / s[BASE]["cpu_us_per_token"]["median"]
             out.append((f"whole job, {label}: CPU per delivered frame ≤ {limit}× baseline",
                         f"{ratio:.2f}× ({spread(v['cpu_us_per_frame'])} vs "
-                        f"{spread(s[BASE]['cpu_us_per_frame'])} µs)", "scenario 7, medians",
-                        ratio <= limit))
+                        f"{spread(s[BASE]['cpu_us_per_frame'])} µs); per delivered token "
+                        f"{per_token:.2f}×", "scenario 7, medians", ratio <= limit))
             p99 = v["latency_p99_ms"]
             out.append((f"whole job, {label}: p99 latency ≤ {p99_limit:g} ms, no warm-up cut",
                         f"{spread(p99, 1)} ms", "scenario 7, every delta",
@@ -231,15 +232,19 @@ def wholejob_section(w: dict[str, Any]) -> list[str]:
              f"{load['burst']} sends in one second at {load['burst_at_s']:g} s; answers "
              f"≤ {load['max_answer_s']:g} s; chat creation and first message included; every "
              "system started afresh per run", "",
-             "| system | CPU µs / frame | × baseline | CPU µs / token | latency p50 ms | "
+             "| system | CPU µs / frame | × baseline | CPU µs / token | × baseline | "
+             "latency p50 ms | "
              "p99 ms | max ms | TTFT p50 / p99 ms (all) | burst TTFT p50 ms | burst TTFT p99 "
              "ms | longest stall ms | server CPU | exact |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    base_token = s[BASE]["cpu_us_per_token"]["median"]
     for label, v in s.items():
         ratio = v["cpu_us_per_frame"]["median"] / base
         lines.append(
             f"| {label} | {spread(v['cpu_us_per_frame'])} | {ratio:.2f} | "
-            f"{spread(v['cpu_us_per_token'])} | {spread(v['latency_p50_ms'], 2)} | "
+            f"{spread(v['cpu_us_per_token'])} | "
+            f"{v['cpu_us_per_token']['median'] / base_token:.2f} | "
+            f"{spread(v['latency_p50_ms'], 2)} | "
             f"{spread(v['latency_p99_ms'], 1)} | {spread(v['latency_max_ms'], 0)} | "
             f"{_fmt(v['ttft_p50_ms']['median'])} / {_fmt(v['ttft_p99_ms']['median'])} | "
             f"{spread(v['burst_ttft_p50_ms'], 1)} | {spread(v['burst_ttft_p99_ms'], 1)} | "
@@ -247,7 +252,9 @@ def wholejob_section(w: dict[str, Any]) -> list[str]:
             f"{_fmt(v['server_cpu_util']['median'] * 100, 0)} % | "
             f"{'yes' if v['correct'] else 'NO'} |")
     lines += ["", "CPU is the server processes' own (PostgreSQL and Redis are separate "
-              "servers, not counted; SQLite runs inside chatcast and is)."]
+              "servers, not counted; SQLite runs inside chatcast and is). A busy chatcast "
+              "merges tokens into fewer frames (adaptive coalescing) where the baseline sends "
+              "one frame per token, so per token is the like-for-like ratio when they differ."]
     return lines
 
 

@@ -297,7 +297,7 @@ class Bench:
         db_url = None
         name = f"chatcast_bench_{os.getpid()}_{int(time.time() * 1000)}"
         if db == "postgresql":
-            await _pg_admin(f'CREATE DATABASE "{name}"')
+            await pg_admin(f'CREATE DATABASE "{name}"')
             db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
         try:
             server = self.chatcast(label, processes=processes, rate=50,
@@ -308,7 +308,7 @@ class Bench:
                 server.stop()
         finally:
             if db == "postgresql":
-                await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 #: The full-size whole-job load: ~40 Poisson arrivals over 4 s, a burst of 100 sends in the
@@ -328,7 +328,7 @@ WHOLEJOB_SYSTEMS = (
 )
 
 
-async def _pg_admin(sql: str) -> None:
+async def pg_admin(sql: str) -> None:
     import asyncpg  # type: ignore[import-untyped]
 
     conn = await asyncpg.connect(PG_ADMIN, timeout=10)
