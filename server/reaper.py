@@ -2,10 +2,13 @@
 text tabs already saw, and their subscribers get `done{interrupted}`.
 
 An owner is alive as long as its lease is: a generation whose lease is held is never taken,
-whatever state SQL shows (e.g. an answer whose final write waits for the database). One
-exception to `interrupted`: an owner that shut down with its answer complete but unsaved
-left that answer's `done` in the bus log (handed over), and it is saved as that `done` says
-(status, text, usage), not as an interruption."""
+whatever state SQL shows (e.g. an answer whose final write waits for the database). An
+answer that was over before its owner died is saved as it ended (status, text, usage), not
+as an interruption: an owner that shut down with its answer unsaved left that answer's
+`done` in the bus log (handed over: its tabs have it already), and an owner whose final
+write began to wait for the database recorded that `done` beside the log at once
+(`GenerationLog.record_end`: it is published once the answer is saved, so an owner that was
+killed while it waited still ends with the right status)."""
 
 from __future__ import annotations
 
@@ -60,20 +63,11 @@ class Reaper:
         """End a dead owner's generation in SQL (and tell its tabs); False if another
         process ended it first."""
         content, reasoning, seq, handed = await self._recover_text(gen)
-        if handed is not None:
-            data = handed.data
-            msg = data.get("message") or {}
-            final = await self.repo.finish(
-                gen.id, str(data["status"]), str(msg.get("content", content)), seq,
-                usage=data.get("usage"), error=data.get("error"), meta=gen.meta,
-                only_if_active=True, reasoning=reasoning, message_meta=msg.get("metadata"))
-            if final is not None:  # its tabs got the done from the log already
-                log.warning("generation saved from the end its owner handed over",
-                            extra={"gen": gen.id, "chat": gen.chat_id, "owner": gen.owner,
-                                   "status": data["status"]})
-                self.on_end(gen, str(data["status"]), message_dict(final), data.get("usage"),
-                            data.get("error"))
-            return final is not None
+        if handed is not None:  # its tabs got this done from the log already
+            return await self._save_end(gen, handed, content, reasoning, published=True)
+        recorded = await self.logs.recorded_end(gen.id)
+        if recorded is not None:
+            return await self._save_end(gen, recorded, content, reasoning, published=False)
         final = await self.repo.finish(gen.id, "interrupted", content, seq,
                                        meta=gen.meta, only_if_active=True,
                                        reasoning=reasoning)
@@ -85,6 +79,31 @@ class Reaper:
         await publish_done(self.logs, gen.chat_id, gen.id, seq, "interrupted", message,
                            None, None)
         self.on_end(gen, "interrupted", message, None, None)
+        return True
+
+    async def _save_end(self, gen: Generation, end: Event, content: str,
+                        reasoning: Reasoning, *, published: bool) -> bool:
+        """Save the end a dead owner left (`end`, its `done`) as it says; its `done` goes
+        to the tabs now unless it was `published` already. False if another process ended
+        the generation first (then that one published its `done`: the log takes one)."""
+        data = end.data
+        msg = data.get("message") or {}
+        status = str(data["status"])
+        final = await self.repo.finish(
+            gen.id, status, str(msg.get("content", content)), end.seq - 1,
+            usage=data.get("usage"), error=data.get("error"), meta=gen.meta,
+            only_if_active=True, reasoning=reasoning, message_meta=msg.get("metadata"))
+        if final is None:
+            return False
+        log.warning("generation saved from the end its owner %s",
+                    "handed over" if published else "recorded before it died",
+                    extra={"gen": gen.id, "chat": gen.chat_id, "owner": gen.owner,
+                           "status": status})
+        message = message_dict(final)
+        if not published:
+            await publish_done(self.logs, gen.chat_id, gen.id, end.seq - 1, status, message,
+                               data.get("usage"), data.get("error"))
+        self.on_end(gen, status, message, data.get("usage"), data.get("error"))
         return True
 
     async def _recover_text(self, gen: Generation) -> tuple[str, Reasoning, int, Event | None]:

@@ -119,6 +119,7 @@ class Running:
     checkpointed: int = 0  # the seq the last SQL checkpoint reached
     checkpointed_chars: int = 0  # and the length of the content it wrote
     saving_since: float | None = None  # the final write failed first then (monotonic)
+    end_recorded: bool = False  # its end is in the shared bus for the orphan sweep
     # Where the pump is, not a state of the generation: inside a bus call, whose outcome a
     # cancellation would leave unknown, so a halt then takes effect when the call returns.
     in_bus_call: bool = False
@@ -572,7 +573,8 @@ class Runner:
         Retried until it lands (only a cancellation ends the wait): meanwhile the generation
         stays in `running`, so its lease is kept and no orphan sweep takes it, its text stays
         here and in the bus log, and the chat's tabs are told once (`saving`) that the
-        answer is complete but not yet saved."""
+        answer is complete but not yet saved. With a shared bus its end is recorded there
+        first (`_record_end`), in case this process dies before the write lands."""
         r.state = State.FINISHING
         if r.reasoning.started_at is not None and r.reasoning.ended_at is None:
             r.reasoning.ended_at = utcnow()  # it never got to its answer
@@ -586,8 +588,12 @@ class Runner:
                         message_meta=message_meta(r.meta))
             except Exception as exc:
                 self.outages.failed(exc, "final write")
-                if r.saving_since is None:
+                first = r.saving_since is None
+                if first:
                     r.saving_since = time.monotonic()
+                if not r.end_recorded:  # before the tabs hear `saving`
+                    await self._record_end(r, status, error)
+                if first:
                     await self._tell_saving(r, status)
                 raise
             self.outages.store.back()
@@ -598,6 +604,26 @@ class Runner:
 
         return await retry(write, retry_on=Exception, backoff=FINAL_WRITE_BACKOFF,
                            attempts=None)
+
+    async def _record_end(self, r: Running, status: str,
+                          error: dict[str, Any] | None) -> None:
+        """The final write failed: with a shared bus (Redis) the answer's `done`, built from
+        memory, is recorded beside its log (not published). If this process is then killed
+        or crashes (no shutdown, so no hand-over), another process's orphan sweep saves the
+        answer from it once the database is back, with its status and usage, and publishes
+        its `done`. Tried again with each failed write until the bus takes it. Nothing
+        outlives the memory bus: there it is not recorded."""
+        if not self.bus.shared:
+            return
+        done = protocol.done(r.chat_id, r.gen.id, r.seq + 1, status,
+                             self._final_dict(r, status), usage=r.usage, err=error)
+        try:
+            await self.bus.record_end(done)
+        except Exception as exc:  # an outage (or a bug) logged once; tried again
+            self.outages.failed(exc, "end record")
+            return
+        self.outages.succeeded("end record")
+        r.end_recorded = True
 
     async def _tell_saving(self, r: Running, status: str) -> None:
         """The final write failed: the tabs learn that the answer is complete (its length
@@ -640,6 +666,12 @@ class Runner:
                     await self.bus.drop_lease(r.gen.id)
                 log.warning("answer handed over unsaved at shutdown: another process saves "
                             "it from the bus log when the database is back",
+                            extra={"gen": r.gen.id, "chat": r.chat_id, "status": status,
+                                   "seq": r.seq})
+                return
+            if r.end_recorded:  # its end went into the bus when saving began
+                log.warning("answer left unsaved at shutdown: another process saves it "
+                            "from the end recorded in the bus when both are back",
                             extra={"gen": r.gen.id, "chat": r.chat_id, "status": status,
                                    "seq": r.seq})
                 return

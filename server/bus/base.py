@@ -79,7 +79,20 @@ class GenerationLog(ABC):
 
     @abstractmethod
     async def end_log(self, gen: str) -> None:
-        """The generation is over: keep its log only for the retention period."""
+        """The generation is over: keep its log only for the retention period (and forget
+        its recorded end)."""
+
+    @abstractmethod
+    async def record_end(self, done: Event) -> None:
+        """Keep the `done` of an answer whose final write waits for the database beside its
+        generation's log: not in the log and not published (the tabs get a `done` only once
+        the answer is saved). If the owner dies before it saves the answer, the orphan
+        sweep reads this (`recorded_end`) and saves the answer as it ended, not as an
+        interruption. A later record replaces it; `end_log` forgets it."""
+
+    @abstractmethod
+    async def recorded_end(self, gen: str) -> Event | None:
+        """The `done` recorded for `gen` (see `record_end`), if any."""
 
 
 class ChatFanout(ABC):

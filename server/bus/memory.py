@@ -1,4 +1,5 @@
-"""MemoryBus: the Bus for a single process. Logs live in a dict and expire after retention."""
+"""MemoryBus: the Bus for a single process. Logs live in a dict and expire after retention;
+nothing in it outlives the process (so the runner records no ends here: see `record_end`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class _Log:
     events: list[tuple[int, bytes]] = field(default_factory=list)
     expires_at: float | None = None  # monotonic deadline once the generation has ended
     sealed: str | None = None  # "closed": only a done is accepted; "done": nothing is
+    end: bytes | None = None  # the recorded end (`record_end`): gone with the process
 
 
 class MemoryBus(Bus):
@@ -83,7 +85,15 @@ class MemoryBus(Bus):
     async def end_log(self, gen: str) -> None:
         log = self._logs.setdefault(gen, _Log())
         log.expires_at = time.monotonic() + self.retention_s
+        log.end = None
         self._stops.discard(gen)
+
+    async def record_end(self, done: Event) -> None:
+        self._logs.setdefault(str(done.gen), _Log()).end = done.encode()
+
+    async def recorded_end(self, gen: str) -> Event | None:
+        log = self._logs.get(gen)
+        return Event.decode(log.end) if log is not None and log.end is not None else None
 
     async def watch(self, chat: str) -> None:
         self._watched.add(chat)

@@ -3,8 +3,10 @@
 Per generation a stream `{prefix}{gen}:log` holds the positioned events (entry id `<seq>-1`,
 field `e` = the event's JSON); live events go to the channel `{prefix}chat:<chat>`; stop
 requests set `{prefix}{gen}:stop` and are announced on `{prefix}stop`; leases are plain keys
-`{prefix}{gen}:lease` with a TTL. Appending is one round trip (a Lua script: XADD, PUBLISH,
-stop check), so a token costs one command on the hot path. If Redis restarts empty, the
+`{prefix}{gen}:lease` with a TTL; the end of an answer whose final write waits for the
+database is kept in `{prefix}{gen}:end` (the `done`'s JSON) until the log ends. Appending
+is one round trip (a Lua script: XADD, PUBLISH, stop check), so a token costs one command on
+the hot path. If Redis restarts empty, the
 owner's next append raises `BusUnavailable` instead of starting a log with a hole, and the
 owner writes the whole log again with `restore_log`; a reader whose cursor falls before the
 first entry of a log gets None (snapshot), never a tail with a gap.
@@ -291,8 +293,16 @@ class RedisBus(Bus):
         pipe = self._redis.pipeline(transaction=True)
         pipe.pexpire(self._key(gen, "log"), max(int(self.retention_s * 1000), 1))
         pipe.pexpire(self._key(gen, "sealed"), max(int(self.retention_s * 1000), 1))
-        pipe.delete(self._key(gen, "stop"))
+        pipe.delete(self._key(gen, "stop"), self._key(gen, "end"))
         await self._call(pipe.execute())
+
+    async def record_end(self, done: Event) -> None:
+        await self._call(self._redis.set(self._key(str(done.gen), "end"), done.encode(),
+                                         px=int(ACTIVE_LOG_TTL_S * 1000)))
+
+    async def recorded_end(self, gen: str) -> Event | None:
+        raw = await self._call(self._redis.get(self._key(gen, "end")))
+        return Event.decode(raw) if raw is not None else None
 
     # Live fan-out --------------------------------------------------------------------------
 

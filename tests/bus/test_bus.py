@@ -170,6 +170,35 @@ async def test_log_without_end_does_not_expire_at_retention(make_bus: BusFactory
     assert data(await bus.bus.read_log(running, 0))[0]["text"] == "still going"  # not `running`
 
 
+async def test_a_recorded_end_is_kept_beside_the_log_unpublished_until_the_log_ends(
+        bus: BusProbe, peer: BusProbe) -> None:
+    """The end of an answer whose final write waits for the database: another process reads
+    it (the orphan sweep, should the owner die), yet it is neither in the log nor published
+    (tabs get a done only once the answer is saved); a later record replaces it, and the
+    log's end forgets it."""
+    chat, gen, control = new_id(), new_id(), new_id()
+    await peer.bus.watch(chat)
+    text = deltas(chat, gen, ["a", "b"])
+    for e in text:
+        await bus.bus.append(e)
+    assert await peer.bus.recorded_end(gen) is None
+
+    end = final(chat, gen, 3, "ab")
+    await bus.bus.record_end(final(chat, gen, 3, "a"))
+    await bus.bus.record_end(end)
+
+    recorded = await peer.bus.recorded_end(gen)
+    assert recorded is not None and recorded.data == end.data
+    assert data(await peer.bus.read_log(gen, 0)) == [e.data for e in text]
+    barrier = protocol.delta(chat, control, 1, "barrier")
+    await bus.bus.append(barrier)
+    await peer.wait_event(lambda e: e.data == barrier.data)
+    assert [e["type"] for e in peer.events_of(chat)] == ["delta", "delta", "delta"]
+    await peer.bus.end_log(gen)
+    assert await bus.bus.recorded_end(gen) is None
+    assert await peer.bus.recorded_end(new_id()) is None
+
+
 # -- live fan-out ---------------------------------------------------------------------------
 
 

@@ -288,6 +288,61 @@ async def _swept(reaper: Reaper) -> bool:
     return await reaper.sweep() > 0
 
 
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)  # one process: nobody to die
+async def test_an_owner_gone_while_saving_is_saved_from_its_recorded_end(
+        world: World, backend: Backend, key_prefix: str) -> None:
+    """No shutdown, no hand-over: the owner's lease lapses while its answer waits for the
+    database (as when it is killed). Before its tabs heard `saving` the owner recorded the
+    answer's end in Redis; another process's sweep, which leaves the answer alone while the
+    lease is held, then saves it from that record — completed, with usage — and publishes
+    one `done`. When the owner's own write lands afterwards it finds its end in SQL and
+    publishes no second `done`."""
+    w = world
+    gen = await w.start()
+    w.flaky.down = True
+    w.provider.finish.set()
+    await w.probe.wait(lambda: bool(w.probe.of(gen, "saving")))
+    text = "".join(str(e.data["text"]) for e in w.probe.of(gen, "delta"))
+    recorded = await w.bus.recorded_end(gen)
+    assert recorded is not None and recorded.data["status"] == "completed"
+    assert recorded.seq == len(w.probe.of(gen, "delta")) + 1
+    other_bus = _new_bus(backend, 60.0, key_prefix)
+    await other_bus.start(lambda _e: None, lambda _g: None)
+    try:
+        other = Reaper(w.repo, other_bus, other_bus, set())
+        for _ in range(3):  # the owner lives: its lease is held
+            assert await other.sweep() == 0
+        w.maintenance.cancel()  # no more lease refreshes, as after a SIGKILL
+        await asyncio.gather(w.maintenance, return_exceptions=True)
+        await w.bus.drop_lease(gen)
+        await until(lambda: _swept(other))
+    finally:
+        await other_bus.close()
+    await w.probe.wait(lambda: bool(w.probe.of(gen, "done")))
+    done = w.probe.of(gen, "done")[0].data
+    assert done["status"] == "completed" and done["usage"] == USAGE.as_dict()
+    assert (done["length"], done["sha256"]) == digest(text)
+    row = await w.repo.generation(gen)
+    assert row is not None and row.status == "completed" and row.last_seq == recorded.seq - 1
+    msg = await w.repo.get_message(row.message_id)
+    assert msg is not None and msg.content == text and msg.usage == USAGE.as_dict()
+    assert msg.status == "complete"
+    assert await w.bus.recorded_end(gen) is None  # forgotten with the log's end
+    # The owner was alive after all: its write lands, finds its own end, adds no done.
+    w.flaky.down = False
+    await until(lambda: _ended(w.runner, gen))
+    barrier_chat = await w.repo.create_chat(USER)
+    await w.bus.watch(barrier_chat.id)
+    second = await w.runner.send(USER, barrier_chat.id, "go", None)
+    await w.probe.wait(lambda: bool(w.probe.of(second.generation.id, "delta")))
+    assert len(w.probe.of(gen, "done")) == 1
+
+
+async def _ended(runner: Runner, gen: str) -> bool:
+    """The generation's task is over (its `done`, if any, published before that)."""
+    return all(t.get_name() != f"generation-{gen}" for t in runner._tasks)
+
+
 async def test_a_start_whose_announcement_fails_still_ends(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """The user message's announcement used to run before the generation's task: an

@@ -10,6 +10,8 @@
 - PostgreSQL restarted twice during one answer.
 - SIGTERM during the outage: handed over through Redis (the other process saves it), or,
   with the memory bus, the loss logged and the answer interrupted after a restart.
+- SIGKILL of the owner while its answer waits in `saving` (Redis): the other process saves
+  it from the end the owner recorded, `completed` with usage, and its tab gets one `done`.
 - During the outage, `send` (WS and REST), history, the chat list, SSE, long-poll and the
   AI SDK history answer the documented error: JSON `storage_unavailable`, retryable, with
   `Retry-After: 2` (never a plain-text 500); `/readyz` says `store: false`.
@@ -337,6 +339,53 @@ async def test_shutdown_during_an_outage_hands_over_or_says_what_is_lost(
         await _wait_status(d.a, gen, "interrupted")
         text_, status = await sql_message(d.a, ack["assistant"])
         assert status == "interrupted" and assembled.startswith(text_)
+
+
+async def test_owner_killed_while_saving_is_saved_completed_by_the_other_process(
+        server: ServerFactory, private_pg: PrivatePostgres,
+        redis_server: Callable[[], RedisServer]) -> None:
+    """SIGKILL (no shutdown, no hand-over) of the process whose answer waits in `saving`
+    for a crashed PostgreSQL. Once the database is back, the other process's orphan sweep
+    saves the answer from the end the owner recorded in Redis when saving began: completed,
+    with usage, the text the tabs assembled; its tab gets exactly one `done`."""
+    d = await deploy(server, private_pg, redis_server, "redis")
+    async for user in make_user(d.a):
+        chat = await user.new_chat()
+        async with two_tabs(d, user) as (tab1, tab2):
+            await tab1.subscribe(chat)
+            await tab2.subscribe(chat)
+            ack = await tab1.request({"type": "send", "chat": chat, "content": echo(60)})
+            gen = ack["gen"]
+            await tab2.wait_for("delta", of(gen), timeout=30)
+            await d.pg.acrash()
+            saving = [await tab.wait_for("saving", of(gen), timeout=60) for tab in (tab1, tab2)]
+            assembled = tab2.assembler(chat).text(gen)
+            assert saving[1]["length"] == len(assembled) and saving[1]["usage"]
+            d.a.kill()  # SIGKILL: its lease lapses within L/2 (1.5 s)
+            await d.a.wait_async(timeout=30)
+            await asyncio.sleep(5)  # the database stays down past the lease's end
+            assert not [e for e in tab2.received
+                        if e.get("type") == "done" and e.get("gen") == gen]
+            await d.pg.astart()
+            back = time.monotonic()
+            done = await tab2.wait_done(gen, timeout=60)
+            took = time.monotonic() - back
+            await asyncio.sleep(0.5)  # a second done would have arrived by now
+            tab2.drain()
+            dones = [e for e in tab2.received if e.get("type") == "done" and e.get("gen") == gen]
+            assert len(dones) == 1, dones
+        assert done["status"] == "completed" and done["usage"] == saving[1]["usage"]
+        assert tab2.assembler(chat).check_done(done) == assembled
+        assert await sql_message(d.b, ack["assistant"]) == (assembled, "complete")
+        assert await sql_rows(d.b, "SELECT status FROM generation") == [("completed",)]
+        usage = await sql_rows(d.b, "SELECT usage FROM message WHERE id = :id",
+                               id=ack["assistant"])
+        assert usage[0][0] == done["usage"]
+        logs = d.b.logs()
+        assert "generation saved from the end its owner recorded before it died" in logs
+        assert "its owner is gone" not in logs
+        assert logs.count("Traceback") == 0, d.b.log_tail(120)
+        print(f"owner killed while saving: done {took:.2f} s after the database was back")
 
 
 async def _wait_status(srv: ServerProcess, gen: str, status: str,
