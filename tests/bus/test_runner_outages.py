@@ -2,7 +2,8 @@
 the final write outlives a database outage of any length (the tabs hear `saving`, then one
 `done{completed}` with usage; the lease is kept, so another process's orphan sweep leaves
 it alone), shutdown during the outage hands the answer over (Redis) or logs what is lost
-(memory), the maintenance loop survives any exception, outages are logged once at their
+(memory), an owner gone while saving (no hand-over) is saved from the end it recorded in
+Redis, the maintenance loop survives any exception, outages are logged once at their
 start and once at their end, and a start that fails never leaves a generation behind."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from chatcast.core.errors import StorageUnavailable
 from chatcast.core.protocol import Event
 from chatcast.providers import ChatMessage, Chunk, Registry, StreamParams, Usage
 from chatcast.server import metrics
-from chatcast.server.bus.base import Bus
+from chatcast.server.bus.base import Bus, BusUnavailable
 from chatcast.server.reaper import Reaper
 from chatcast.server.runner import Runner
 from chatcast.server.settings import Settings
@@ -336,6 +337,54 @@ async def test_an_owner_gone_while_saving_is_saved_from_its_recorded_end(
     second = await w.runner.send(USER, barrier_chat.id, "go", None)
     await w.probe.wait(lambda: bool(w.probe.of(second.generation.id, "delta")))
     assert len(w.probe.of(gen, "done")) == 1
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+async def test_an_end_not_recorded_at_once_is_recorded_with_a_later_try(
+        world: World, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Redis unavailable too when saving begins: the end is recorded with a later failed
+    write. A shutdown whose hand-over then cannot reach Redis says the answer is left to the
+    record, and another process saves it from there (not `answer lost`)."""
+    w = world
+    real_record, real_append = w.bus.record_end, w.bus.append
+    tries: list[int] = []
+
+    async def record_end(done: Event) -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise BusUnavailable("Redis unavailable: refused")
+        await real_record(done)
+
+    monkeypatch.setattr(w.bus, "record_end", record_end)
+    gen = await w.start()
+    w.flaky.down = True
+    w.provider.finish.set()
+    await w.probe.wait(lambda: bool(w.probe.of(gen, "saving")))
+    text = "".join(str(e.data["text"]) for e in w.probe.of(gen, "delta"))
+    await until(lambda: _at_least(len(tries), 2))
+    assert len(tries) == 2  # once recorded, not again
+    await until(lambda: _at_least(w.flaky.calls.get("finish", 0), 4))
+    assert len(tries) == 2
+
+    async def append(event: Event) -> bool:
+        raise BusUnavailable("Redis unavailable: refused")
+
+    monkeypatch.setattr(w.bus, "append", append)
+    caplog.set_level(logging.INFO)
+    await w.runner.close(0.2, finish_s=0.2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("answer left unsaved at shutdown") for m in messages), messages
+    assert not any(m.startswith("answer lost") for m in messages)
+    monkeypatch.setattr(w.bus, "append", real_append)
+    next_process = Reaper(w.repo, w.bus, w.bus, set())
+    await until(lambda: _swept(next_process))
+    await w.probe.wait(lambda: bool(w.probe.of(gen, "done")))
+    assert w.probe.of(gen, "done")[0].data["status"] == "completed"
+    row = await w.repo.generation(gen)
+    assert row is not None and row.status == "completed"
+    msg = await w.repo.get_message(row.message_id)
+    assert msg is not None and msg.content == text and msg.usage == USAGE.as_dict()
 
 
 async def _ended(runner: Runner, gen: str) -> bool:
