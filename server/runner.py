@@ -643,13 +643,21 @@ class Runner:
 
     async def _landed(self, r: Running, status: str) -> Message | None:
         """After failed tries, the write found the generation already ended: by one of our
-        own tries (its reply lost with the connection) if SQL holds exactly our end."""
+        own tries (its reply lost with the connection) if SQL holds exactly our end — unless
+        its `done` is in the log already: then another process's sweep, taking this process
+        for dead, saved it from the end recorded in the bus and published (and reported)
+        it, and nothing is left to do here."""
         gen = await self.repo.generation(r.gen.id)
         msg = await self.repo.get_message(r.message_id)
-        if gen is not None and msg is not None and gen.status == status \
-                and gen.last_seq == r.seq and msg.content == r.content:
-            return msg
-        return None
+        if gen is None or msg is None or gen.status != status or gen.last_seq != r.seq \
+                or msg.content != r.content:
+            return None
+        if r.end_recorded:
+            with contextlib.suppress(BusUnavailable):
+                tail = await self.bus.read_log(r.gen.id, r.seq)
+                if any(e.type == "done" for e in tail or ()):
+                    return None
+        return msg
 
     async def _hand_over(self, r: Running, status: str, error: dict[str, Any] | None) -> None:
         """Shutdown came while the final write still failed. With a shared bus (Redis) the

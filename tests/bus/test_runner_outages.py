@@ -307,10 +307,17 @@ async def test_an_owner_gone_while_saving_is_saved_from_its_recorded_end(
     recorded = await w.bus.recorded_end(gen)
     assert recorded is not None and recorded.data["status"] == "completed"
     assert recorded.seq == len(w.probe.of(gen, "delta")) + 1
+    ended: list[tuple[str, str]] = []  # (who, status): each process's end hook, for gen
+
+    def hook(who: str) -> Callable[..., None]:
+        return lambda g, status, *_: ended.append((who, status)) if g.id == gen else None
+
+    w.runner.on_end = hook("owner")
     other_bus = _new_bus(backend, 60.0, key_prefix)
     await other_bus.start(lambda _e: None, lambda _g: None)
     try:
         other = Reaper(w.repo, other_bus, other_bus, set())
+        other.on_end = hook("sweep")
         for _ in range(3):  # the owner lives: its lease is held
             assert await other.sweep() == 0
         w.maintenance.cancel()  # no more lease refreshes, as after a SIGKILL
@@ -337,6 +344,7 @@ async def test_an_owner_gone_while_saving_is_saved_from_its_recorded_end(
     second = await w.runner.send(USER, barrier_chat.id, "go", None)
     await w.probe.wait(lambda: bool(w.probe.of(second.generation.id, "delta")))
     assert len(w.probe.of(gen, "done")) == 1
+    assert ended == [("sweep", "completed")]  # the host hears of the end once
 
 
 @pytest.mark.parametrize("backend", ["redis"], indirect=True)
