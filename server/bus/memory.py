@@ -1,5 +1,6 @@
 """MemoryBus: the Bus for a single process. Logs live in a dict and expire after retention;
-nothing in it outlives the process (so the runner records no ends here: see `record_end`)."""
+nothing in it outlives the process (so the runner records no ends here: see
+`Runner._record_end`)."""
 
 from __future__ import annotations
 

@@ -6,10 +6,10 @@ requests set `{prefix}{gen}:stop` and are announced on `{prefix}stop`; leases ar
 `{prefix}{gen}:lease` with a TTL; the end of an answer whose final write waits for the
 database is kept in `{prefix}{gen}:end` (the `done`'s JSON) until the log ends. Appending
 is one round trip (a Lua script: XADD, PUBLISH, stop check), so a token costs one command on
-the hot path. If Redis restarts empty, the
-owner's next append raises `BusUnavailable` instead of starting a log with a hole, and the
-owner writes the whole log again with `restore_log`; a reader whose cursor falls before the
-first entry of a log gets None (snapshot), never a tail with a gap.
+the hot path. If Redis restarts empty, the owner's next append raises `BusUnavailable`
+instead of starting a log with a hole, and the owner writes the whole log again with
+`restore_log`; a reader whose cursor falls before the first entry of a log gets None
+(snapshot), never a tail with a gap.
 
 Each process has one command connection pool and exactly one pub/sub connection, read by a
 listener task this bus owns. If Redis goes away, commands raise `BusUnavailable` within
