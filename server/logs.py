@@ -99,7 +99,10 @@ def log_config(level: str = "INFO", fmt: LogFormat = "auto") -> dict[str, Any]:
     chosen = resolve_format(fmt)
     formatter: dict[str, Any] = {"()": JsonFormatter} if chosen == "json" else \
         {"()": ConsoleFormatter, "colour": fmt == "auto"}
-    handler = {"class": "logging.StreamHandler", "formatter": "chatcast", "stream": sys.stderr}
+    # By name, not the object: `serve --workers N` pickles this config into each worker
+    # process (multiprocessing spawn), and an open stream cannot be pickled.
+    handler = {"class": "logging.StreamHandler", "formatter": "chatcast",
+               "stream": "ext://sys.stderr"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
