@@ -17,7 +17,7 @@ import hashlib
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -330,12 +330,12 @@ def pg_database(pg_admin: PgAdmin) -> Iterator[tuple[PgAdmin, str]]:
 @pytest.mark.postgres
 @pytest.mark.timeout(300)
 async def test_deployment(tmp_path: Path, venv: Path, pg_database: tuple[PgAdmin, str],
-                          redis_server: Any) -> None:
+                          redis_server: Callable[[], RedisServer]) -> None:
     """The deployment block as one shell script (PostgreSQL, Redis, a generated secret key,
     migrate, four workers): two tabs of one user whose sockets landed on different workers
     both get the whole answer, which one of them asked for."""
     admin, name = pg_database
-    redis: RedisServer = redis_server()
+    redis = redis_server()
     lines = [readme_line(k) for k in ("export DATABASE_URL=", "export CHATCAST_SECRET_KEY=",
                                       "chatcast migrate", "chatcast serve --host 0.0.0.0")]
     port = free_port()
@@ -446,6 +446,11 @@ async def test_browser_client_sample(tmp_path: Path, server: ServerFactory) -> N
             await page.route(page_url, lambda route: route.fulfill(
                 status=200, content_type="text/html", body=html))
             await page.goto(page_url)
+            # Only once the page shows text does it hold its identity cookie, which the
+            # page's own requests below then share (before, they would get another user).
+            await page.wait_for_function(
+                "document.getElementById('answer').textContent.length > 0",
+                timeout=ANSWER_S * 1000)
             stored, shown = "", None
             loop = asyncio.get_running_loop()
             deadline = loop.time() + ANSWER_S
