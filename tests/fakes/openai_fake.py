@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes import FakeServer, Reply, ScriptedStream
+from tests.fakes import FakeServer, RecordedRequest, Reply, ScriptedStream
 
 # What a careless error path would leak; tests assert it never reaches a user.
 LEAKY_SECRET = "sk-fake-0123456789abcdef"
@@ -35,25 +36,37 @@ _ERRORS: dict[int, tuple[str, str | None, str]] = {
 
 
 def app(server: FakeServer) -> Starlette:
-    async def chat_completions(request: Request) -> Response:
-        body = await request.json()
-        streaming = bool(body.get("stream"))
-        recorded = server.record(request, body, streaming=streaming)
-        reply = server.next_reply()
-        if reply.status != 200:
-            recorded.end("complete")
-            return error_response(reply)
-        model = str(body.get("model", "gpt-fake"))
-        if not streaming:
-            recorded.end("complete")
-            return JSONResponse(completion(reply, model))
+    def chat_stream(body: dict[str, Any], recorded: RecordedRequest, reply: Reply,
+                    model: str) -> Response:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return ScriptedStream(server, recorded, stream_events(reply, model, include_usage),
                               reply.end, sse({"error": {
                                   "message": f"Internal error (key {LEAKY_SECRET})",
                                   "type": "server_error", "param": None, "code": None}}))
 
-    async def responses(request: Request) -> Response:
+    def responses_stream(body: dict[str, Any], recorded: RecordedRequest, reply: Reply,
+                         model: str) -> Response:
+        error = {"type": "error", "code": "server_error",
+                 "message": f"Internal error (key {LEAKY_SECRET})", "param": None,
+                 "sequence_number": 999}
+        return ScriptedStream(server, recorded, response_events(reply, model), reply.end,
+                              _named(error))
+
+    return Starlette(routes=[
+        Route("/v1/chat/completions", _endpoint(server, completion, chat_stream),
+              methods=["POST"]),
+        Route("/v1/responses", _endpoint(
+            server, lambda reply, model: _response(reply, model, "completed", output=True),
+            responses_stream), methods=["POST"])])
+
+
+def _endpoint(server: FakeServer, whole: Callable[[Reply, str], dict[str, Any]],
+              streamed: Callable[[dict[str, Any], RecordedRequest, Reply, str], Response],
+              ) -> Callable[[Request], Awaitable[Response]]:
+    """What both APIs do alike: record the request, answer a scripted error status as the
+    API's error, and otherwise answer in one body (`whole`) or as the API's stream
+    (`streamed`), as the request's `stream` asks."""
+    async def endpoint(request: Request) -> Response:
         body = await request.json()
         streaming = bool(body.get("stream"))
         recorded = server.record(request, body, streaming=streaming)
@@ -64,15 +77,9 @@ def app(server: FakeServer) -> Starlette:
         model = str(body.get("model", "gpt-fake"))
         if not streaming:
             recorded.end("complete")
-            return JSONResponse(_response(reply, model, "completed", output=True))
-        error = {"type": "error", "code": "server_error",
-                 "message": f"Internal error (key {LEAKY_SECRET})", "param": None,
-                 "sequence_number": 999}
-        return ScriptedStream(server, recorded, response_events(reply, model), reply.end,
-                              _named(error))
-
-    return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-                             Route("/v1/responses", responses, methods=["POST"])])
+            return JSONResponse(whole(reply, model))
+        return streamed(body, recorded, reply, model)
+    return endpoint
 
 
 def sse(data: Any) -> bytes:
