@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Row, text
 
 from chatcast.store.db import make_engine
 from tests.conftest import ServerFactory
@@ -75,28 +75,28 @@ async def bob(srv: ServerProcess) -> AsyncIterator[User]:
         yield user
 
 
-async def row_counts(srv: ServerProcess) -> dict[str, int]:
-    """Rows per table, read straight from SQL (to prove bad input changed nothing)."""
+async def sql_rows(srv: ServerProcess, query: str,
+                   **params: Any) -> Sequence[Row[*tuple[Any, ...]]]:
+    """The rows of one query on the server's own database, read straight from SQL and not
+    through the server, so that what it answered can be checked against what it stored."""
     engine = make_engine(srv.database_url)
     try:
         async with engine.connect() as conn:
-            out = {}
-            for table in ("user", "chat", "message", "generation"):
-                result = await conn.execute(text(f'SELECT count(*) FROM "{table}"'))
-                out[table] = int(result.scalar_one())
-            return out
+            return (await conn.execute(text(query), params)).all()
     finally:
         await engine.dispose()
+
+
+async def row_counts(srv: ServerProcess) -> dict[str, int]:
+    """Rows per table, read straight from SQL (to prove bad input changed nothing)."""
+    tables = ("user", "chat", "message", "generation")
+    [counts] = await sql_rows(srv, "SELECT " + ", ".join(
+        f'(SELECT count(*) FROM "{table}")' for table in tables))
+    return {table: int(count) for table, count in zip(tables, counts, strict=True)}
 
 
 async def sql_message(srv: ServerProcess, message_id: str) -> tuple[str, str]:
     """(content, status) of a message, straight from SQL."""
-    engine = make_engine(srv.database_url)
-    try:
-        async with engine.connect() as conn:
-            result = await conn.execute(
-                text("SELECT content, status FROM message WHERE id = :id"), {"id": message_id})
-            row = result.one()
-            return str(row[0]), str(row[1])
-    finally:
-        await engine.dispose()
+    [row] = await sql_rows(srv, "SELECT content, status FROM message WHERE id = :id",
+                           id=message_id)
+    return str(row[0]), str(row[1])

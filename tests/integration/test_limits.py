@@ -11,13 +11,12 @@ import json
 from collections.abc import AsyncIterator, Callable
 
 import httpx
-from sqlalchemy import text
 
-from chatcast.store.db import make_engine
 from tests.conftest import DatabaseFactory, ServerFactory
 from tests.helpers.clients import WSClient, cookie_header
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.server import ServerProcess
+from tests.integration.conftest import sql_rows
 
 
 @contextlib.asynccontextmanager
@@ -77,15 +76,9 @@ async def _parallel_sends(http: httpx.AsyncClient, chats: list[str],
 
 
 async def generation_rows(srv: ServerProcess) -> list[tuple[str, str]]:
-    engine = make_engine(srv.database_url)
-    try:
-        async with engine.connect() as conn:
-            rows = await conn.execute(text(
-                "SELECT g.id, m.client_msg_id FROM generation g JOIN message m "
-                "ON m.generation_id = g.id AND m.role = 'user'"))
-            return [(str(r[0]), str(r[1])) for r in rows]
-    finally:
-        await engine.dispose()
+    rows = await sql_rows(srv, "SELECT g.id, m.client_msg_id FROM generation g JOIN message m "
+                               "ON m.generation_id = g.id AND m.role = 'user'")
+    return [(str(r[0]), str(r[1])) for r in rows]
 
 
 def check_sends(responses: list[httpx.Response], limit: int) -> dict[str, str]:

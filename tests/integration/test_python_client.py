@@ -10,7 +10,6 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import text
 
 from chatcast.client import (
     Client,
@@ -26,10 +25,10 @@ from chatcast.core.codes import Code
 from chatcast.core.errors import BadRequest, TooLarge
 from chatcast.core.protocol import MAX_FRAME_BYTES
 from chatcast.core.retry import Backoff
-from chatcast.store.db import make_engine
 from tests.conftest import ServerFactory
 from tests.helpers.server import REPO_ROOT, ServerProcess
 from tests.helpers.tcp_proxy import TcpProxy
+from tests.integration.conftest import sql_rows
 from tests.integration.test_auth import create_token
 
 pytestmark = pytest.mark.timeout(180)
@@ -39,15 +38,9 @@ FAST = Backoff(base_s=0.05, max_s=0.5, jitter=1.0)
 
 async def sql_row(srv: ServerProcess, message_id: str) -> tuple[str, str, str]:
     """(content, reasoning, status) of a message, straight from SQL."""
-    engine = make_engine(srv.database_url)
-    try:
-        async with engine.connect() as conn:
-            row = (await conn.execute(
-                text("SELECT content, reasoning, status FROM message WHERE id = :id"),
-                {"id": message_id})).one()
-            return str(row[0]), str(row[1] or ""), str(row[2])
-    finally:
-        await engine.dispose()
+    [row] = await sql_rows(srv, "SELECT content, reasoning, status FROM message WHERE id = :id",
+                           id=message_id)
+    return str(row[0]), str(row[1] or ""), str(row[2])
 
 
 @pytest.fixture

@@ -17,15 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from chatcast.providers.demo import compose_reasoning, compose_reply
-from chatcast.store.db import make_engine
 from tests.fakes import FakeServer, Reply, gemini_fake, openai_fake
 from tests.helpers.assemble import Assembler
 from tests.helpers.clients import SSEClient, WSClient
 from tests.helpers.server import ServerProcess
-from tests.integration.conftest import User
+from tests.integration.conftest import User, sql_rows
 
 THOUGHTS = tuple(f"step {i} of *thinking*; " for i in range(30))
 ANSWER = ("The ", "answer ", "is ", "**42**", ".")
@@ -140,14 +138,9 @@ async def user_of(servers: Servers, fakes: dict[str, FakeServer]
 
 
 async def sql_answer(srv: ServerProcess, message_id: str) -> dict[str, Any]:
-    engine = make_engine(srv.database_url)
-    try:
-        async with engine.connect() as conn:
-            row = (await conn.execute(text(
-                "SELECT content, reasoning, reasoning_started_at, reasoning_ended_at, status, "
-                "usage FROM message WHERE id = :id"), {"id": message_id})).one()
-    finally:
-        await engine.dispose()
+    [row] = await sql_rows(srv, "SELECT content, reasoning, reasoning_started_at, "
+                                "reasoning_ended_at, status, usage FROM message WHERE id = :id",
+                           id=message_id)
     return dict(row._mapping)
 
 

@@ -10,12 +10,11 @@ import sys
 
 import pexpect
 import pytest
-from sqlalchemy import text
 
-from chatcast.store.db import make_engine
 from tests.conftest import ServerFactory
 from tests.helpers.server import ServerProcess
 from tests.helpers.tcp_proxy import TcpProxy
+from tests.integration.conftest import sql_rows
 from tests.integration.test_auth import create_token
 
 pytestmark = pytest.mark.timeout(180)
@@ -36,15 +35,9 @@ def spawn(srv: ServerProcess, url: str, *args: str) -> pexpect.spawn[str]:
 
 async def answers(srv: ServerProcess) -> list[tuple[str, str]]:
     """(content, status) of every assistant message, straight from SQL."""
-    engine = make_engine(srv.database_url)
-    try:
-        async with engine.connect() as conn:
-            rows = await conn.execute(text(
-                "SELECT content, status FROM message WHERE role = 'assistant' "
-                "ORDER BY created_at"))
-            return [(str(r[0]), str(r[1])) for r in rows]
-    finally:
-        await engine.dispose()
+    rows = await sql_rows(srv, "SELECT content, status FROM message WHERE role = 'assistant' "
+                               "ORDER BY created_at")
+    return [(str(r[0]), str(r[1])) for r in rows]
 
 
 async def test_stream_then_ctrl_c_stops_and_a_second_quits(slow_srv: ServerProcess) -> None:
