@@ -76,6 +76,10 @@ class GatedBus:
         self.inside.clear()
         self._release.clear()
 
+    async def wait_inside(self, timeout: float = 10.0) -> None:
+        """Until the held append has completed on the backend and is waiting."""
+        await asyncio.wait_for(self.inside.wait(), timeout)
+
     def release(self) -> None:
         self._release.set()
 
@@ -136,6 +140,13 @@ class Harness:
         assert row.last_seq == len(seqs)
         return text
 
+    async def check_exact_ending_in_held(self, gen: str, status: str) -> str:
+        """`check_exact`, and the held delta is the text's last: the append the bus
+        completed as the stop, the time limit or shutdown landed is kept, not lost or repeated."""
+        text = await self.check_exact(gen, status)
+        assert self.bus.held is not None and text.endswith(str(self.bus.held.data["text"]))
+        return text
+
 
 @pytest.fixture
 async def harness(backend: Backend, key_prefix: str, make_database: DatabaseFactory,
@@ -181,20 +192,19 @@ async def test_stop_inside_an_append_ends_with_one_done(harness: Harness) -> Non
     h = harness
     gen = await start(h)
     h.bus.hold(delta_at(4))
-    await asyncio.wait_for(h.bus.inside.wait(), 10)
+    await h.bus.wait_inside()
     # The bus has stored and published delta 4; the runner has not heard back yet.
     await h.runner.request_stop(USER, gen, None)
     await asyncio.sleep(0.05)  # the stop is in: a cancellation would land right now
     h.bus.release()
-    text = await h.check_exact(gen, "stopped")
-    assert h.bus.held is not None and text.endswith(str(h.bus.held.data["text"]))
+    await h.check_exact_ending_in_held(gen, "stopped")
 
 
 async def test_stop_by_chat_inside_an_append(harness: Harness) -> None:
     h = harness
     gen = await start(h)
     h.bus.hold(delta_at(2))
-    await asyncio.wait_for(h.bus.inside.wait(), 10)
+    await h.bus.wait_inside()
     row = await h.repo.generation(gen)
     assert row is not None
     await h.runner.request_stop(USER, None, row.chat_id)
@@ -209,7 +219,7 @@ async def test_stop_inside_the_start_append(harness: Harness) -> None:
     chat = await h.repo.create_chat(USER)
     await h.bus.inner.watch(chat.id)
     sending = asyncio.create_task(h.runner.send(USER, chat.id, "go", None))
-    await asyncio.wait_for(h.bus.inside.wait(), 10)
+    await h.bus.wait_inside()
     assert h.bus.held is not None
     gen = str(h.bus.held.gen)
     await h.runner.request_stop(USER, gen, None)
@@ -223,11 +233,10 @@ async def test_time_limit_inside_an_append(harness: Harness) -> None:
     h = harness
     h.bus.hold(delta_at(3))
     gen = await start(h, settings_timeout=0.5)
-    await asyncio.wait_for(h.bus.inside.wait(), 10)
+    await h.bus.wait_inside()
     await asyncio.sleep(0.8)  # the limit passes while the append is held
     h.bus.release()
-    text = await h.check_exact(gen, "error")
-    assert h.bus.held is not None and text.endswith(str(h.bus.held.data["text"]))
+    await h.check_exact_ending_in_held(gen, "error")
 
 
 async def test_shutdown_inside_an_append(harness: Harness) -> None:
@@ -235,13 +244,12 @@ async def test_shutdown_inside_an_append(harness: Harness) -> None:
     h = harness
     gen = await start(h)
     h.bus.hold(delta_at(5))
-    await asyncio.wait_for(h.bus.inside.wait(), 10)
+    await h.bus.wait_inside()
     closing = asyncio.create_task(h.runner.close(0.05))
     await asyncio.sleep(0.2)
     h.bus.release()
     await closing
-    text = await h.check_exact(gen, "interrupted")
-    assert h.bus.held is not None and text.endswith(str(h.bus.held.data["text"]))
+    await h.check_exact_ending_in_held(gen, "interrupted")
 
 
 async def test_caller_cancelled_during_start_leaves_nothing_streaming(harness: Harness) -> None:
@@ -252,7 +260,7 @@ async def test_caller_cancelled_during_start_leaves_nothing_streaming(harness: H
     chat = await h.repo.create_chat(USER)
     await h.bus.inner.watch(chat.id)
     sending = asyncio.create_task(h.runner.send(USER, chat.id, "go", None))
-    await asyncio.wait_for(h.bus.inside.wait(), 10)
+    await h.bus.wait_inside()
     sending.cancel()
     h.bus.release()
     with contextlib.suppress(asyncio.CancelledError):
