@@ -319,6 +319,34 @@ class HttpTransport {
     this.loops.clear();
   }
 
+  /** The URL of one of `chat`'s streams (`events` or `poll`): the caller's query, our cursor. */
+  chatUrl(chat, path, cursor, extra = {}) {
+    const params = new URLSearchParams(this.opts.query || '');
+    if (cursor) params.set('cursor', cursor);
+    for (const [key, value] of Object.entries(extra)) params.set(key, value);
+    const qs = params.toString();
+    return endpoint(this.opts.base, `/api/chats/${enc(chat)}/${path}${qs ? `?${qs}` : ''}`);
+  }
+
+  /** One GET of `chat`'s loop, cancelled by its controller; a refusal is thrown as its error. */
+  async get(url, ctl, init = {}) {
+    const res = await this.opts.fetch(url, { ...init, signal: ctl.signal, cache: 'no-store', credentials: 'same-origin' });
+    await this.check(res);
+    return res;
+  }
+
+  /**
+   * What a failure of `chat`'s loop means. Aborted while the tier is open and the loop still
+   * current, it was the loop's own timer that gave up: a retryable `lapse`, so the owner
+   * reconnects. Otherwise (unsubscribed, closed, or a real error) it is `err` itself.
+   */
+  lapsed(chat, ctl, err, lapse) {
+    if (ctl.signal.aborted && !this.closed && this.loops.get(chat) === ctl) {
+      return new ChatcastError('internal', lapse, { retryable: true });
+    }
+    return err;
+  }
+
   async check(res) {
     if (res.ok) return;
     let body = null;
@@ -335,20 +363,13 @@ export class SseTransport extends HttpTransport {
   }
 
   async run(chat, state, ctl) {
-    const { base, fetch: doFetch, idleTimeout, query } = this.opts;
-    const cursor = state && state.ready ? formatCursor(state.cursor) : '';
-    const params = new URLSearchParams(query || '');
-    if (cursor) params.set('cursor', cursor);
-    const qs = params.toString();
-    const url = endpoint(base, `/api/chats/${enc(chat)}/events${qs ? `?${qs}` : ''}`);
+    const { idleTimeout } = this.opts;
+    const url = this.chatUrl(chat, 'events', state && state.ready ? formatCursor(state.cursor) : '');
     let idle;
     const arm = () => { clearTimeout(idle); idle = setTimeout(() => ctl.abort(), idleTimeout); };
     arm();
     try {
-      const res = await doFetch(url, {
-        headers: { Accept: 'text/event-stream' }, signal: ctl.signal, cache: 'no-store', credentials: 'same-origin',
-      });
-      await this.check(res);
+      const res = await this.get(url, ctl, { headers: { Accept: 'text/event-stream' } });
       if (!(res.headers.get('content-type') || '').includes('text/event-stream')) {
         throw new ChatcastError('internal', 'not an event stream', { retryable: true });
       }
@@ -367,10 +388,7 @@ export class SseTransport extends HttpTransport {
         }
       }
     } catch (err) {
-      if (ctl.signal.aborted && !this.closed && this.loops.get(chat) === ctl) {
-        throw new ChatcastError('internal', 'event stream idle', { retryable: true });
-      }
-      throw err;
+      throw this.lapsed(chat, ctl, err, 'event stream idle');
     } finally {
       clearTimeout(idle);
     }
@@ -385,25 +403,17 @@ export class PollTransport extends HttpTransport {
   }
 
   async run(chat, state, ctl) {
-    const { base, fetch: doFetch, wait, query } = this.opts;
+    const { wait } = this.opts;
     // Start from our own position; afterwards pass back the server's opaque cursor unchanged.
     let cursor = state && state.ready ? formatCursor(state.cursor) : '';
     while (!ctl.signal.aborted) {
-      const params = new URLSearchParams(query || '');
-      if (cursor) params.set('cursor', cursor);
-      params.set('wait', String(wait));
-      const url = endpoint(base, `/api/chats/${enc(chat)}/poll?${params}`);
+      const url = this.chatUrl(chat, 'poll', cursor, { wait: String(wait) });
       const timer = setTimeout(() => ctl.abort(), (wait + 15) * 1000);
       let body;
       try {
-        const res = await doFetch(url, { signal: ctl.signal, cache: 'no-store', credentials: 'same-origin' });
-        await this.check(res);
-        body = await res.json();
+        body = await (await this.get(url, ctl)).json();
       } catch (err) {
-        if (ctl.signal.aborted && !this.closed && this.loops.get(chat) === ctl) {
-          throw new ChatcastError('internal', 'poll timed out', { retryable: true });
-        }
-        throw err;
+        throw this.lapsed(chat, ctl, err, 'poll timed out');
       } finally {
         clearTimeout(timer);
       }
