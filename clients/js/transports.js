@@ -282,7 +282,9 @@ class HttpTransport {
     const ctl = new AbortController();
     this.loops.set(chat, ctl);
     this.run(chat, state, ctl).catch((err) => {
-      if (ctl.signal.aborted || this.closed) return;
+      // Unsubscribed, replaced or closed: nothing to report. An abort by the loop's own timer
+      // (an idle stream, a poll past its wait) is a failure like any other (see `lapsed`).
+      if (this.closed || this.loops.get(chat) !== ctl) return;
       if (err instanceof ChatcastError && err.code === 'not_found') {
         this.loops.delete(chat);
         this.owner.onEvent({ type: 'error', chat, code: 'not_found', message: err.message, retryable: false });

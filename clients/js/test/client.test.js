@@ -308,3 +308,31 @@ test('reports can be turned off', async () => {
   await tick(2);
   assert.equal(fetch.calls.length, 0);
 });
+
+test('SSE: a stream silent past its idle timeout is given up and reopened from the cursor', async () => {
+  const WS = fakeWs();
+  const enc = new TextEncoder();
+  const fetch = fakeFetch({
+    'GET /healthz': () => json({}),
+    'GET /api/chats/c1/events': (u, init) => new Response(new ReadableStream({
+      start(c) {
+        c.enqueue(enc.encode('event: snapshot\ndata: {"type":"snapshot","chat":"c1","messages":[],"active":{"gen":"g1","message":"a1","seq":1,"content":"a"}}\n\n'));
+        // then silence, until aborted, as a real fetch's body is
+        init.signal.addEventListener('abort', () => c.error(new DOMException('aborted', 'AbortError')));
+      },
+    }), { headers: { 'content-type': 'text/event-stream' } }),
+  });
+  const client = new ChatcastClient(opts({ WebSocket: WS, fetch, transports: ['ws', 'sse'], sseIdleTimeout: 100 }));
+  const st = client.subscribe('c1');
+  WS.all[0].refuse();
+  await until(() => WS.all.length === 2);
+  WS.all[1].refuse();
+  const streams = () => fetch.calls.filter((c) => c.key === 'GET /api/chats/c1/events');
+  await until(() => streams().length === 2, 3000);
+  assert.equal(st.get('a1').content, 'a');
+  const [first, again] = streams();
+  assert.equal(first.init.headers.Accept, 'text/event-stream');
+  assert.equal(first.init.credentials, 'same-origin');
+  assert.equal(again.url.searchParams.get('cursor'), 'g1:1');
+  client.close();
+});
