@@ -6,7 +6,7 @@ import * as ai6 from 'ai6';
 import * as ai7 from 'ai7';
 
 import {
-  API, Browser, assistants, reasoningOf, streaming, testChat, textOf, until,
+  API, Browser, askWithReasoning, assistants, reasoningOf, streaming, testChat, textOf, until,
 } from './lib.mjs';
 
 const REASONING_MODEL = process.env.CHATCAST_REASONING_MODEL;
@@ -182,13 +182,7 @@ for (const [name, ai] of [['ai 6', ai6], ['ai 7', ai7]]) {
       const browser = new Browser();
       const id = await browser.newChat({ model: REASONING_MODEL });
       const chat = open(browser, id);
-      await chat.sendMessage({ text: 'Think about cursors' });
-      assert.equal(chat.status, 'ready', chat.error?.message);
-      const answer = chat.messages.at(-1);
-      const [, stored] = await browser.stored(id);
-      assert.ok(reasoningOf(answer).length > 0);
-      assert.equal(reasoningOf(answer), stored.reasoning);
-      assert.equal(textOf(answer), stored.content);
+      const { answer, stored } = await askWithReasoning(browser, chat, id, 'Think about cursors');
       const kinds = answer.parts.map((p) => p.type).filter((t) => t !== 'step-start');
       assert.equal(kinds[0], 'reasoning');
       assert.equal(kinds.at(-1), 'text');

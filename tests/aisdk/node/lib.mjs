@@ -113,6 +113,21 @@ export function reasoningOf(message) {
   return message.parts.filter((p) => p.type === 'reasoning').map((p) => p.text).join('');
 }
 
+/**
+ * Send `text` and wait for its answer, which both transports must end `ready`: the answer
+ * shows the reasoning and text the server stored for it (and it did reason).
+ */
+export async function askWithReasoning(browser, chat, id, text) {
+  await chat.sendMessage({ text });
+  assert.equal(chat.status, 'ready', chat.error?.message);
+  const answer = chat.messages.at(-1);
+  const [, stored] = await browser.stored(id);
+  assert.ok(reasoningOf(answer).length > 0);
+  assert.equal(reasoningOf(answer), stored.reasoning);
+  assert.equal(textOf(answer), stored.content);
+  return { answer, stored };
+}
+
 export function assistants(chat) {
   return chat.messages.filter((m) => m.role === 'assistant');
 }

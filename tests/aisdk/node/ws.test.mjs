@@ -6,7 +6,7 @@ import * as ai from 'ai7';
 import WebSocket from 'ws';
 
 import {
-  Browser, WS_URL, assistants, reasoningOf, streaming, testChat, textOf, until,
+  Browser, WS_URL, askWithReasoning, assistants, streaming, testChat, textOf, until,
 } from './lib.mjs';
 
 const Chat = testChat(ai);
@@ -133,13 +133,7 @@ describe('ai 7 WebSocketChatTransport', () => {
     const id = await browser.newChat({ model: REASONING_MODEL });
     const chat = open(browser, id);
     try {
-      await chat.sendMessage({ text: 'Think about sockets' });
-      assert.equal(chat.status, 'ready', chat.error?.message);
-      const answer = chat.messages.at(-1);
-      const [, stored] = await browser.stored(id);
-      assert.ok(reasoningOf(answer).length > 0);
-      assert.equal(reasoningOf(answer), stored.reasoning);
-      assert.equal(textOf(answer), stored.content);
+      await askWithReasoning(browser, chat, id, 'Think about sockets');
     } finally {
       await chat.dispose();
     }
