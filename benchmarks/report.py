@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,20 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     return out
 
 
+def _sweep(lines: list[str], title: str, columns: list[str], systems: dict[str, Any],
+           row: Callable[[dict[str, Any]], list[str]],
+           best: Callable[[dict[str, Any]], str]) -> None:
+    """A load sweep (saturation, high rate) as one table: a row per point of every system,
+    then what each system sustained within the latency limit."""
+    lines += ["", title, "", "| " + " | ".join(["system", *columns]) + " |",
+              "|" + "---|" * (len(columns) + 1)]
+    for label, v in systems.items():
+        lines += ["| " + " | ".join([label, *row(p)]) + " |" for p in v["points"]]
+    lines.append("")
+    for label, v in systems.items():
+        lines.append(f"- {label}: {best(v)} within the latency limit")
+
+
 def markdown(res: dict[str, Any]) -> str:
     sc = res["scenarios"]
     m = res["machine"]
@@ -133,43 +148,30 @@ def markdown(res: dict[str, Any]) -> str:
                              f"{r['round_trips_per_delivered_token']} per delivered token.")
     if "saturation" in sc:
         s = sc["saturation"]
-        lines += ["", f"## 2. Saturation (R = {s['rate']:g}, {s['tabs']} tabs per generation, "
-                  f"1 process, until p99 lateness > {s['limit_ms']} ms; chatcast with "
-                  "coalescing off, one frame per token like the baseline)", "",
-                  "| system | generations | offered frames/s | delivered frames/s | "
-                  "lateness p99 ms | server CPU | load generator CPU |",
-                  "|---|---|---|---|---|---|---|"]
-        for label, v in s["systems"].items():
-            for p in v["points"]:
-                lines.append(f"| {label} | {p['gens']} | {_fmt(p['offered_frames_per_s'], 0)} "
-                             f"| {_fmt(p['frames_per_s'], 0)} | "
-                             f"{_fmt(p['lateness_ms']['p99'])} | "
-                             f"{_fmt(p['server_cpu_util'] * 100, 0)} % | "
-                             f"{_fmt(p['loadgen_cpu_util'] * 100, 0)} % |")
-        lines.append("")
-        for label, v in s["systems"].items():
-            lines.append(f"- {label}: **{v['max_frames_per_s']:,.0f} frames/s** sustained "
-                         "within the latency limit")
+        _sweep(lines, f"## 2. Saturation (R = {s['rate']:g}, {s['tabs']} tabs per generation, "
+               f"1 process, until p99 lateness > {s['limit_ms']} ms; chatcast with "
+               "coalescing off, one frame per token like the baseline)",
+               ["generations", "offered frames/s", "delivered frames/s", "lateness p99 ms",
+                "server CPU", "load generator CPU"], s["systems"],
+               lambda p: [str(p["gens"]), _fmt(p["offered_frames_per_s"], 0),
+                          _fmt(p["frames_per_s"], 0), _fmt(p["lateness_ms"]["p99"]),
+                          f"{_fmt(p['server_cpu_util'] * 100, 0)} %",
+                          f"{_fmt(p['loadgen_cpu_util'] * 100, 0)} %"],
+               lambda v: f"**{v['max_frames_per_s']:,.0f} frames/s** sustained")
     if "coalescing" in sc:
         c = sc["coalescing"]
-        lines += ["", f"## 3. High rate: R = {c['rate']:g}, {c['tabs']} tabs per generation, "
-                  f"1 process, until p99 lateness > {c['limit_ms']:g} ms", "",
-                  "| system | generations | offered tokens/s | delivered tokens/s | frames/s | "
-                  "tokens / frame | CPU µs / token | lateness p99 ms | latency p99 ms | "
-                  "server CPU | exact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for label, v in c["systems"].items():
-            for p in v["points"]:
-                lines.append(f"| {label} | {p['gens']} | {_fmt(p['offered_tokens_per_s'], 0)} "
-                             f"| {_fmt(p['tokens_per_s'], 0)} | {_fmt(p['frames_per_s'], 0)} | "
-                             f"{p['tokens_per_frame']} | {_fmt(p['cpu_us_per_token'])} | "
-                             f"{_fmt(p['lateness_ms']['p99'])} | "
-                             f"{_fmt(p['latency_ms']['p99'])} | "
-                             f"{_fmt(p['server_cpu_util'] * 100, 0)} % | "
-                             f"{'yes' if p['correct'] else 'NO'} |")
-        lines.append("")
-        for label, v in c["systems"].items():
-            lines.append(f"- {label}: **{v['max_tokens_per_s']:,.0f} tokens/s** delivered "
-                         "within the latency limit")
+        _sweep(lines, f"## 3. High rate: R = {c['rate']:g}, {c['tabs']} tabs per generation, "
+               f"1 process, until p99 lateness > {c['limit_ms']:g} ms",
+               ["generations", "offered tokens/s", "delivered tokens/s", "frames/s",
+                "tokens / frame", "CPU µs / token", "lateness p99 ms", "latency p99 ms",
+                "server CPU", "exact"], c["systems"],
+               lambda p: [str(p["gens"]), _fmt(p["offered_tokens_per_s"], 0),
+                          _fmt(p["tokens_per_s"], 0), _fmt(p["frames_per_s"], 0),
+                          str(p["tokens_per_frame"]), _fmt(p["cpu_us_per_token"]),
+                          _fmt(p["lateness_ms"]["p99"]), _fmt(p["latency_ms"]["p99"]),
+                          f"{_fmt(p['server_cpu_util'] * 100, 0)} %",
+                          "yes" if p["correct"] else "NO"],
+               lambda v: f"**{v['max_tokens_per_s']:,.0f} tokens/s** delivered")
     if "idle" in sc:
         i = sc["idle"]
         lines += ["", f"## 4. Idle: {i['sockets']:,} open subscribed sockets", "",
