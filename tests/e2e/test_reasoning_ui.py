@@ -9,10 +9,18 @@ import re
 from typing import Any
 
 import pytest
-from playwright.async_api import BrowserContext, Dialog, expect
+from playwright.async_api import BrowserContext, expect
 
 from tests.e2e.test_ui import UNSAFE_DOM, XSS
-from tests.e2e.ui import integrity, open_page, record, send, server_messages, wait_answer
+from tests.e2e.ui import (
+    integrity,
+    open_page,
+    open_watched_page,
+    record,
+    send,
+    server_messages,
+    wait_answer,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -96,15 +104,7 @@ async def test_stop_while_thinking_keeps_the_reasoning_open(app: Any,
 
 @pytest.mark.parametrize("rate", [400])
 async def test_xss_corpus_as_reasoning_is_inert(app: Any, context: BrowserContext) -> None:
-    await context.add_init_script("window.__xss = 0;")
-    page = await open_page(context, app.url)
-    dialogs: list[str] = []
-
-    async def on_dialog(dialog: Dialog) -> None:
-        dialogs.append(dialog.message)
-        await dialog.dismiss()
-
-    page.on("dialog", on_dialog)
+    page, dialogs = await open_watched_page(context, app.url)
     chat = await send(page, "echo:<think>" + XSS[0] + "</think>ok")
     answer = await wait_answer(page, chat, status="complete")
     for payload in XSS[1:]:

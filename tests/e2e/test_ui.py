@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import BrowserContext, Dialog, WebSocketRoute, expect
+from playwright.async_api import BrowserContext, WebSocketRoute, expect
 
 from tests.e2e.ui import (
     client_messages,
     integrity,
     last_answer,
     open_page,
+    open_watched_page,
     record,
     send,
     server_messages,
@@ -214,15 +215,7 @@ UNSAFE_DOM = """() => {
 
 @pytest.mark.parametrize("rate", [400])
 async def test_xss_corpus_is_inert(app: Any, context: BrowserContext) -> None:
-    await context.add_init_script("window.__xss = 0;")
-    page = await open_page(context, app.url)
-    dialogs: list[str] = []
-
-    async def on_dialog(dialog: Dialog) -> None:
-        dialogs.append(dialog.message)
-        await dialog.dismiss()
-
-    page.on("dialog", on_dialog)
+    page, dialogs = await open_watched_page(context, app.url)
     chat = await send(page, "XSS corpus")
     answer = await wait_answer(page, chat, status="complete")
     for payload in XSS:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from playwright.async_api import BrowserContext, Page, expect
+from playwright.async_api import BrowserContext, Dialog, Page, expect
 
 CHAT_URL = re.compile(r"#/c/([A-Za-z0-9_-]+)$")
 
@@ -19,6 +19,22 @@ async def open_page(context: BrowserContext, base: str, path: str = "/",
     await expect(page.get_by_test_id("connection")).to_have_text(f"Live · {transport}",
                                                                  timeout=20_000)
     return page
+
+
+async def open_watched_page(context: BrowserContext, base: str) -> tuple[Page, list[str]]:
+    """A page for XSS payloads, watched for what one that ran would do: `window.__xss`
+    starts at 0 for the payloads to count up, and every dialog is recorded in the list
+    returned, then dismissed so that the page goes on."""
+    await context.add_init_script("window.__xss = 0;")
+    page = await open_page(context, base)
+    dialogs: list[str] = []
+
+    async def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    return page, dialogs
 
 
 async def send(page: Page, text: str) -> str:
