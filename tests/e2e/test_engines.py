@@ -210,15 +210,9 @@ def page_text(page: Page, selector: str) -> str:
     return text
 
 
-# ---- scenarios ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("engine", engine_params())
-def test_stream(engine: str, browser: Browser, pages: list[Page], app: Any) -> None:
-    page = open_page(browser, pages, app.url)
-    chat = send(page, "Tell me about streaming")
-    wait_answer(page, chat, min_chars=30, status="streaming")
-    wait(page, "() => !!document.querySelector('.msg.assistant .markdown.streaming')",
-         what="the answer rendered as streaming")
+def assert_finished_exactly(page: Page, chat: str) -> str:
+    """The answer completes with the server's text, the page's digest check passes, and it is
+    rendered whole once: returns the rendered text."""
     done = wait_answer(page, chat, status="complete")
     final = assert_same_as_server(page, chat)
     assert done["content"] == final["content"]
@@ -230,6 +224,19 @@ def test_stream(engine: str, browser: Browser, pages: list[Page], app: Any) -> N
                ".includes('stays a link')", timeout=15, what="the finished answer rendered")
     text = page_text(page, ".msg.assistant .markdown")
     assert text.count("stays a link") == 1
+    return text
+
+
+# ---- scenarios ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("engine", engine_params())
+def test_stream(engine: str, browser: Browser, pages: list[Page], app: Any) -> None:
+    page = open_page(browser, pages, app.url)
+    chat = send(page, "Tell me about streaming")
+    wait_answer(page, chat, min_chars=30, status="streaming")
+    wait(page, "() => !!document.querySelector('.msg.assistant .markdown.streaming')",
+         what="the answer rendered as streaming")
+    text = assert_finished_exactly(page, chat)
     assert "<script>" in text  # shown as text, not run
     # The code block is highlighted by the vendored highlight.js.
     assert page.js("() => document.querySelectorAll('.msg.assistant .code-block [class^=hljs-]')"
@@ -280,17 +287,7 @@ def test_reload_mid_stream_resumes_exactly(engine: str, browser: Browser, pages:
     page.js(RECORD)
     after = wait_answer(page, chat, status="streaming", timeout=10)
     assert after["content"].startswith(before["content"][:60])
-    done = wait_answer(page, chat, status="complete")
-    final = assert_same_as_server(page, chat)
-    assert done["content"] == final["content"]
-    assert integrity(page) == [True]
-    # The finished answer is rendered whole once after `done` (render.js), on the page's next
-    # frame: on a loaded machine that can come after the client state is final.
-    wait(page, "() => !document.querySelector('.msg.assistant .markdown.streaming')"
-               " && document.querySelector('.msg.assistant .markdown').textContent"
-               ".includes('stays a link')", timeout=15, what="the finished answer rendered")
-    text = page_text(page, ".msg.assistant .markdown")
-    assert text.count("stays a link") == 1
+    assert_finished_exactly(page, chat)
 
 
 @pytest.mark.parametrize("engine", engine_params())
