@@ -142,6 +142,15 @@ class Session:
         assert ack["type"] == "ack", ack
         return ack
 
+    async def ask(self, content: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Send `content` and wait for its generation to end: (ack, done)."""
+        ack = await self.send(content)
+        return ack, await self.tab.wait_done(ack["gen"])
+
+    def text_of(self, done: dict[str, Any]) -> str:
+        """What this tab assembled of `done`'s answer, checked against done's digest."""
+        return self.tab.assembler(self.chat).check_done(done)
+
     async def get(self, path: str) -> dict[str, Any]:
         r = await self.user.http.get(path)
         self.seen.append(r.text)
@@ -253,7 +262,7 @@ async def test_streams_token_by_token_and_stores_usage(scene: Scene) -> None:
         done = await s.tab.wait_done(ack["gen"])
         deltas = [e for e in s.tab.received if e["type"] == "delta"]
         assert done["status"] == "completed" and "error" not in done
-        text = s.tab.assembler(s.chat).check_done(done)
+        text = s.text_of(done)
         assert text == "".join(chunks)
         assert len(deltas) >= 3, f"expected token-by-token deltas, got {deltas}"
         assert deltas[-1]["seq"] == len(chunks)
@@ -279,10 +288,9 @@ async def test_429_with_retry_after_is_retried_then_succeeds(scene: Scene) -> No
     async with scene.session() as s:
         retries_before = await s.metric("chatcast_provider_retries_total",
                                         provider=scene.provider)
-        ack = await s.send("hello")
-        done = await s.tab.wait_done(ack["gen"])
+        ack, done = await s.ask("hello")
         assert done["status"] == "completed"
-        assert s.tab.assembler(s.chat).check_done(done) == "Hello, world!"
+        assert s.text_of(done) == "Hello, world!"
         meta = (await s.generation(ack["gen"]))["metadata"]
         assert meta["retries"] == 1 and meta["fallback"] is None
         assert len(meta["errors"]) == 1 and "429" in meta["errors"][0]
@@ -299,10 +307,9 @@ async def test_permanent_5xx_falls_back_to_the_next_provider(scene: Scene) -> No
     scene.api.script(then=Reply.error(503))
     scene.other_api.script(Reply.text("from", " the", " other", " one", delay_s=0.01))
     async with scene.session("fallback") as s:
-        ack = await s.send("anyone there?")
-        done = await s.tab.wait_done(ack["gen"])
+        ack, done = await s.ask("anyone there?")
         assert done["status"] == "completed"
-        assert s.tab.assembler(s.chat).check_done(done) == "from the other one"
+        assert s.text_of(done) == "from the other one"
         assert done["usage"] == {"input_tokens": 7, "output_tokens": 4}
         meta = (await s.generation(ack["gen"]))["metadata"]
         assert meta["fallback"] == scene.other and meta["provider"] == scene.other
@@ -317,10 +324,9 @@ async def test_permanent_5xx_then_asks_without_streaming(scene: Scene) -> None:
     scene.api.script(Reply.error(500), Reply.error(500), Reply.error(500),
                      then=Reply.text("plain", " answer"))
     async with scene.session("nonstream") as s:
-        ack = await s.send("stream, please")
-        done = await s.tab.wait_done(ack["gen"])
+        ack, done = await s.ask("stream, please")
         assert done["status"] == "completed"
-        assert s.tab.assembler(s.chat).check_done(done) == "plain answer"
+        assert s.text_of(done) == "plain answer"
         assert done["usage"] == {"input_tokens": 7, "output_tokens": 2}
         meta = (await s.generation(ack["gen"]))["metadata"]
         assert meta["non_streaming"] is True and meta["fallback"] is None
@@ -334,12 +340,11 @@ async def test_permanent_5xx_without_fallback_is_provider_unavailable(scene: Sce
     async with scene.session() as s:
         labels = {"provider": scene.provider, "code": "provider_unavailable"}
         errors_before = await s.metric("chatcast_provider_errors_total", **labels)
-        ack = await s.send("hello?")
-        done = await s.tab.wait_done(ack["gen"])
+        ack, done = await s.ask("hello?")
         assert done["status"] == "error"
         assert done["error"]["code"] == "provider_unavailable"
         assert "503" in done["error"]["message"]
-        assert s.tab.assembler(s.chat).check_done(done) == ""
+        assert s.text_of(done) == ""
         assert (await s.message(ack["assistant"]))["status"] == "error"
         assert await sql_message(s.srv, ack["assistant"]) == ("", "error")
         gen = await s.generation(ack["gen"])
@@ -353,8 +358,7 @@ async def test_permanent_5xx_without_fallback_is_provider_unavailable(scene: Sce
 async def test_401_is_not_retried_nor_falls_back(scene: Scene) -> None:
     scene.api.script(then=Reply.error(401))
     async with scene.session("fallback") as s:
-        ack = await s.send("who am I?")
-        done = await s.tab.wait_done(ack["gen"])
+        ack, done = await s.ask("who am I?")
         assert done["status"] == "error" and done["error"]["code"] == "provider_error"
         assert "401" in done["error"]["message"]
         assert (await s.message(ack["assistant"]))["status"] == "error"
@@ -374,10 +378,9 @@ async def test_dropped_stream_keeps_the_partial_then_continue_and_regenerate(
     scene.api.script(Reply.text("partial ", "ans", "wer", delay_s=0.01, end="drop"),
                      Reply.text(" and", " the rest."), Reply.text("A fresh", " answer."))
     async with scene.session() as s:
-        ack = await s.send("tell me")
-        done = await s.tab.wait_done(ack["gen"])
+        ack, done = await s.ask("tell me")
         assert done["status"] == "error" and done["error"]["code"] == "provider_error"
-        partial = s.tab.assembler(s.chat).check_done(done)
+        partial = s.text_of(done)
         assert partial == "partial answer"
         assert await sql_message(s.srv, ack["assistant"]) == (partial, "error")
         # continue: the same message grows from its partial text
@@ -406,12 +409,11 @@ async def test_stall_mid_stream_hits_the_idle_timeout(scene: Scene) -> None:
     scene.api.script(Reply.text("stalled", " here", end="stall"))
     async with scene.session() as s:
         sent_at = time.monotonic()
-        ack = await s.send("go")
-        done = await s.tab.wait_done(ack["gen"])
+        ack, done = await s.ask("go")
         waited = time.monotonic() - sent_at
         assert done["status"] == "error" and done["error"]["code"] == "provider_error"
         assert "sent nothing" in done["error"]["message"]
-        partial = s.tab.assembler(s.chat).check_done(done)
+        partial = s.text_of(done)
         assert partial == "stalled here"
         assert await sql_message(s.srv, ack["assistant"]) == (partial, "error")
     assert waited >= 0.9, f"done after {waited:.2f} s, before the 1 s idle timeout"
@@ -432,7 +434,7 @@ async def test_stop_closes_the_upstream_connection(scene: Scene) -> None:
         ended = await scene.api.wait_ended(timeout_s=5)
         done = await s.tab.wait_done(ack["gen"])
         assert done["status"] == "stopped"
-        partial = s.tab.assembler(s.chat).check_done(done)
+        partial = s.text_of(done)
         assert partial.startswith("w0 w1 w2 ") and len(partial) < len("".join(SLOW.chunks))
         assert await sql_message(s.srv, ack["assistant"]) == (partial, "stopped")
     assert ended.disconnected, f"upstream response ended by {ended.ended_by}"
@@ -447,10 +449,9 @@ async def test_error_event_mid_stream_keeps_the_partial_and_hides_the_body(
     # The fake's in-stream error event carries a key; users get a summary without it.
     scene.api.script(Reply.text("half ", "way", end="error"))
     async with scene.session() as s:
-        ack = await s.send("go on")
-        done = await s.tab.wait_done(ack["gen"])
+        ack, done = await s.ask("go on")
         assert done["status"] == "error" and done["error"]["code"] == "provider_error"
-        partial = s.tab.assembler(s.chat).check_done(done)
+        partial = s.text_of(done)
         assert partial == "half way"
         assert await sql_message(s.srv, ack["assistant"]) == (partial, "error")
         await s.generation(ack["gen"])  # its metadata.errors are checked for leaks too
@@ -461,10 +462,9 @@ async def test_error_event_mid_stream_keeps_the_partial_and_hides_the_body(
 async def test_stall_before_the_first_token_is_retried(scene: Scene) -> None:
     scene.api.script(Reply.text(end="stall"))  # headers, then nothing
     async with scene.session() as s:
-        ack = await s.send("wake up")
-        done = await s.tab.wait_done(ack["gen"])
+        ack, done = await s.ask("wake up")
         assert done["status"] == "completed"
-        assert s.tab.assembler(s.chat).check_done(done) == "Hello, world!"
+        assert s.text_of(done) == "Hello, world!"
         meta = (await s.generation(ack["gen"]))["metadata"]
         assert meta["retries"] == 1 and "sent nothing" in meta["errors"][0]
     first, _second = scene.api.requests
@@ -481,7 +481,7 @@ async def test_stop_while_waiting_to_retry_makes_no_more_requests(scene: Scene) 
         assert stopped["type"] == "ack", stopped
         done = await s.tab.wait_done(ack["gen"])
         assert done["status"] == "stopped"
-        assert s.tab.assembler(s.chat).check_done(done) == ""
+        assert s.text_of(done) == ""
         assert await sql_message(s.srv, ack["assistant"]) == ("", "stopped")
     await asyncio.sleep(0.2)
     assert len(scene.api.requests) == 1
