@@ -9,6 +9,7 @@ a `done` it can verify; stop during reasoning keeps the reasoning, status `stopp
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -158,6 +159,20 @@ async def wait_reasoning(tab: WSClient | SSEClient, gen: str, count: int) -> Non
         await tab.wait_for("delta", lambda e: e["gen"] == gen, timeout=10)
 
 
+@contextlib.asynccontextmanager
+async def mid_reasoning(user_of: Any, name: str = "demo",
+                        ) -> AsyncIterator[tuple[User, str, WSClient, dict[str, Any]]]:
+    """`name`'s user with a tab on a new chat whose answer is thinking (three reasoning
+    deltas in): (user, chat, tab, the send's ack)."""
+    user: User = await user_of(name)
+    chat = await user.new_chat()
+    async with await user.ws() as tab:
+        await tab.subscribe(chat)
+        ack = await tab.request({"type": "send", "chat": chat, "content": DEMO_PROMPT})
+        await wait_reasoning(tab, ack["gen"], 3)
+        yield user, chat, tab, ack
+
+
 def v1_client(events: list[dict[str, Any]], chat: str) -> Assembler:
     """What a client written against protocol v1 assembles from the same events."""
     return Assembler(chat, v1=True).feed(events)
@@ -218,13 +233,8 @@ async def test_two_tabs_and_a_reconnect_mid_reasoning_assemble_both_parts_exactl
 async def test_stop_during_reasoning_keeps_it(user_of: Any, fakes: dict[str, FakeServer],
                                               name: str) -> None:
     source: Source = SOURCES[name]
-    user: User = await user_of(name)
-    chat = await user.new_chat()
-    async with await user.ws() as tab:
-        await tab.subscribe(chat)
-        ack = await tab.request({"type": "send", "chat": chat, "content": DEMO_PROMPT})
+    async with mid_reasoning(user_of, name) as (user, chat, tab, ack):
         gen = ack["gen"]
-        await wait_reasoning(tab, gen, 3)
         assert (await tab.request({"type": "stop", "gen": gen}))["type"] == "ack"
         done = await tab.wait_done(gen)
     assert done["status"] == "stopped"
@@ -242,12 +252,7 @@ async def test_stop_during_reasoning_keeps_it(user_of: Any, fakes: dict[str, Fak
 
 
 async def test_continue_after_a_stop_during_reasoning_thinks_again(user_of: Any) -> None:
-    user: User = await user_of("demo")
-    chat = await user.new_chat()
-    async with await user.ws() as tab:
-        await tab.subscribe(chat)
-        ack = await tab.request({"type": "send", "chat": chat, "content": DEMO_PROMPT})
-        await wait_reasoning(tab, ack["gen"], 3)
+    async with mid_reasoning(user_of) as (user, chat, tab, ack):
         await tab.request({"type": "stop", "gen": ack["gen"]})
         await tab.wait_done(ack["gen"])
         kept = tab.assembler(chat).reasoning(ack["gen"])
@@ -284,12 +289,7 @@ async def test_sse_resumes_mid_reasoning_from_last_event_id(user_of: Any) -> Non
 
 
 async def test_snapshot_mid_reasoning_carries_it_and_history_keeps_it(user_of: Any) -> None:
-    user: User = await user_of("demo")
-    chat = await user.new_chat()
-    async with await user.ws() as tab:
-        await tab.subscribe(chat)
-        ack = await tab.request({"type": "send", "chat": chat, "content": DEMO_PROMPT})
-        await wait_reasoning(tab, ack["gen"], 3)
+    async with mid_reasoning(user_of) as (user, chat, tab, ack):
         async with await user.ws() as late:  # joins mid-reasoning, with no cursor
             await late.subscribe(chat)
             snapshot = next(e for e in late.received if e["type"] == "snapshot")
