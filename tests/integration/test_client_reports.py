@@ -4,8 +4,6 @@ input gets a clear error and is neither logged nor counted."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import orjson
 import pytest
@@ -18,13 +16,8 @@ from tests.integration.conftest import User, make_user
 
 @pytest.fixture
 async def srv(server: ServerFactory) -> ServerProcess:
+    """The conftest's `alice` (and `bob`) sign in to this server: reports limited to 5/min."""
     return await server(env={"CHATCAST_CLIENT_REPORTS_PER_MINUTE": "5"})
-
-
-@pytest.fixture
-async def alice(srv: ServerProcess) -> AsyncIterator[User]:
-    async for user in make_user(srv):
-        yield user
 
 
 def _records(srv: ServerProcess, msg: str) -> list[dict[str, object]]:
