@@ -5,6 +5,7 @@ clients (the `ai` package itself drives them in tests/aisdk)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -48,6 +49,10 @@ def body(chat: str, text: str = "echo: hi there", ui_id: str = "u1", **extra: An
          ) -> dict[str, Any]:
     return {"id": chat, "messages": [user_message(text, ui_id)], "trigger": "submit-message",
             **extra}
+
+
+def ai_ws_url(srv: ServerProcess) -> str:
+    return srv.url.replace("http", "ws") + "/api/ai/ws"
 
 
 async def chunks_of(http: httpx.AsyncClient, method: str, url: str,
@@ -224,7 +229,7 @@ async def test_origin_identity_and_socket_rules(slow_user: User, slow: ServerPro
     assert r.status_code == 403
     r = await slow_user.http.post(f"{API}/x1/stop", headers=evil)
     assert r.status_code == 403
-    url = slow.url.replace("http", "ws") + "/api/ai/ws"
+    url = ai_ws_url(slow)
     with pytest.raises(InvalidStatus) as refused:
         await connect(url, origin=Origin("http://evil.example"), proxy=None,
                       additional_headers={"Cookie": slow_user.cookie})
@@ -243,12 +248,25 @@ async def test_token_mode_refuses_without_credentials(server: ServerFactory) -> 
         token = create_token(srv, "alice")
         r = await http.post(API, json=body("t1"), headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200
-    url = srv.url.replace("http", "ws") + "/api/ai/ws"
+    url = ai_ws_url(srv)
     async with await WSClient.connect(url) as ws:
         assert await ws.wait_closed() == 4001
 
 
 # -- the WebSocket transport's frames ---------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def ai_socket(user: User) -> AsyncIterator[ClientConnection]:
+    """A raw WebSocket to the AI SDK endpoint with `user`'s cookie, to see its frames."""
+    async with connect(ai_ws_url(user.srv), proxy=None,
+                       additional_headers={"Cookie": user.cookie}) as ws:
+        yield ws
+
+
+def send_frame(rid: str, chat: str, text: str) -> dict[str, Any]:
+    """WebSocketChatTransport's `send` of one user message."""
+    return {"type": "send", "requestId": rid, **body(chat, text), "headers": {}, "body": {}}
+
 
 async def frames_until(ws: ClientConnection, rid: str, last: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
@@ -262,10 +280,8 @@ async def frames_until(ws: ClientConnection, rid: str, last: str) -> list[dict[s
 
 
 async def test_websocket_frames(alice: User) -> None:
-    url = alice.srv.url.replace("http", "ws") + "/api/ai/ws"
-    async with connect(url, proxy=None, additional_headers={"Cookie": alice.cookie}) as ws:
-        send = {"type": "send", "requestId": "r1", "id": "wschat", "trigger": "submit-message",
-                "messages": [user_message("echo: one two three")], "headers": {}, "body": {}}
+    async with ai_socket(alice) as ws:
+        send = send_frame("r1", "wschat", "echo: one two three")
         await ws.send(orjson.dumps(send).decode())
         frames = await frames_until(ws, "r1", "end")
         assert frames[0] == {"type": "start", "requestId": "r1"}
@@ -295,10 +311,8 @@ async def test_websocket_frames(alice: User) -> None:
 
 async def test_websocket_abort_right_after_send_stops_it(alice: User) -> None:
     """An abort that comes while the send is still starting stops what it started."""
-    url = alice.srv.url.replace("http", "ws") + "/api/ai/ws"
-    async with connect(url, proxy=None, additional_headers={"Cookie": alice.cookie}) as ws:
-        send = {"type": "send", "requestId": "a1", "id": "wsabort", "trigger": "submit-message",
-                "messages": [user_message("Tell me a long story")], "headers": {}, "body": {}}
+    async with ai_socket(alice) as ws:
+        send = send_frame("a1", "wsabort", "Tell me a long story")
         await ws.send(orjson.dumps(send).decode())
         await ws.send(orjson.dumps({"type": "abort", "requestId": "a1"}).decode())
         for _ in range(200):
