@@ -321,6 +321,11 @@ class HttpTransport {
     this.loops.clear();
   }
 
+  /** Where a chat's stream starts: after what its state holds, or (none yet) from the start. */
+  cursorOf(state) {
+    return state && state.ready ? formatCursor(state.cursor) : '';
+  }
+
   /** The URL of one of `chat`'s streams (`events` or `poll`): the caller's query, our cursor. */
   chatUrl(chat, path, cursor, extra = {}) {
     const params = new URLSearchParams(this.opts.query || '');
@@ -359,14 +364,11 @@ class HttpTransport {
 }
 
 export class SseTransport extends HttpTransport {
-  constructor(owner, opts) {
-    super(owner, opts);
-    this.name = 'sse';
-  }
+  name = 'sse';
 
   async run(chat, state, ctl) {
     const { idleTimeout } = this.opts;
-    const url = this.chatUrl(chat, 'events', state && state.ready ? formatCursor(state.cursor) : '');
+    const url = this.chatUrl(chat, 'events', this.cursorOf(state));
     let idle;
     const arm = () => { clearTimeout(idle); idle = setTimeout(() => ctl.abort(), idleTimeout); };
     arm();
@@ -399,15 +401,12 @@ export class SseTransport extends HttpTransport {
 }
 
 export class PollTransport extends HttpTransport {
-  constructor(owner, opts) {
-    super(owner, opts);
-    this.name = 'poll';
-  }
+  name = 'poll';
 
   async run(chat, state, ctl) {
     const { wait } = this.opts;
     // Start from our own position; afterwards pass back the server's opaque cursor unchanged.
-    let cursor = state && state.ready ? formatCursor(state.cursor) : '';
+    let cursor = this.cursorOf(state);
     while (!ctl.signal.aborted) {
       const url = this.chatUrl(chat, 'poll', cursor, { wait: String(wait) });
       const timer = setTimeout(() => ctl.abort(), (wait + 15) * 1000);
