@@ -20,6 +20,7 @@ import pytest
 
 from tests.e2e.engines import Browser, EngineError, Page, launch, unavailable
 from tests.e2e.test_ui import UNSAFE_DOM, XSS
+from tests.e2e.ui import assert_page_has
 from tests.helpers.ws_block_proxy import WebSocketBlockingProxy
 
 pytestmark = pytest.mark.browser
@@ -189,14 +190,7 @@ def server_messages(page: Page, chat: str) -> list[dict[str, Any]]:
 
 
 def assert_same_as_server(page: Page, chat: str) -> dict[str, Any]:
-    mine = {m["id"]: m for m in page.js(MESSAGES, chat)}
-    theirs = server_messages(page, chat)
-    assert theirs, "server has no messages"
-    for m in theirs:
-        assert m["id"] in mine, f"message {m['id']} missing in the page"
-        assert mine[m["id"]]["content"] == m["content"], f"content of {m['id']} differs"
-        assert mine[m["id"]]["status"] == m["status"]
-    return theirs[-1]
+    return assert_page_has(page.js(MESSAGES, chat), server_messages(page, chat))
 
 
 def integrity(page: Page) -> list[bool]:

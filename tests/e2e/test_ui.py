@@ -12,6 +12,7 @@ import pytest
 from playwright.async_api import BrowserContext, WebSocketRoute, expect
 
 from tests.e2e.ui import (
+    assert_page_has,
     client_messages,
     integrity,
     last_answer,
@@ -35,14 +36,8 @@ async def refuse_websocket(ws: WebSocketRoute) -> None:
 
 
 async def assert_same_as_server(page: Any, base: str, chat: str) -> dict[str, Any]:
-    mine = {m["id"]: m for m in await client_messages(page, chat)}
-    theirs = await server_messages(page, base, chat)
-    assert theirs, "server has no messages"
-    for m in theirs:
-        assert m["id"] in mine, f"message {m['id']} missing in the page"
-        assert mine[m["id"]]["content"] == m["content"], f"content of {m['id']} differs"
-        assert mine[m["id"]]["status"] == m["status"]
-    return theirs[-1]
+    return assert_page_has(await client_messages(page, chat),
+                           await server_messages(page, base, chat))
 
 
 async def test_two_tabs_share_a_stream_and_a_stop(app: Any, context: BrowserContext) -> None:

@@ -37,6 +37,19 @@ async def open_watched_page(context: BrowserContext, base: str) -> tuple[Page, l
     return page, dialogs
 
 
+def assert_page_has(page_messages: list[dict[str, Any]], theirs: list[dict[str, Any]],
+                    ) -> dict[str, Any]:
+    """Every message the server has is in the page, with the same content and status:
+    returns the server's last."""
+    mine = {m["id"]: m for m in page_messages}
+    assert theirs, "server has no messages"
+    for m in theirs:
+        assert m["id"] in mine, f"message {m['id']} missing in the page"
+        assert mine[m["id"]]["content"] == m["content"], f"content of {m['id']} differs"
+        assert mine[m["id"]]["status"] == m["status"]
+    return theirs[-1]
+
+
 async def send(page: Page, text: str) -> str:
     """Type and send a message; returns the chat id from the URL."""
     box = page.get_by_role("textbox", name="Message")
