@@ -34,10 +34,10 @@ async def publish_done(logs: GenerationLog, chat_id: str, gen_id: str, seq: int,
     async def attempt() -> None:
         nonlocal unrestored
         if unrestored is not None:
-            await logs.restore_log(gen_id, unrestored)
+            await logs.restore_log(gen_id, unrestored, chat=chat_id)
             unrestored = None
         await logs.append(event)
-        await logs.end_log(gen_id)
+        await logs.end_log(gen_id, chat=chat_id)
 
     try:
         await retry(attempt, retry_on=BusUnavailable, backoff=DONE_BACKOFF,

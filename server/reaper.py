@@ -49,12 +49,13 @@ class Reaper:
                 continue
             # BusUnavailable ends the sweep: whose lease is gone cannot be told now, and
             # nothing is reaped while the bus is down.
-            if await self.leases.lease_owner(gen.id) is not None:
+            if await self.leases.lease_owner(gen.id, chat=gen.chat_id) is not None:
                 continue
             if gen.id not in missing:
                 self._missing.add(gen.id)  # confirm on the next sweep
                 continue
-            await self.logs.seal(gen.id)  # a living owner cannot add text after this
+            # A living owner cannot add text after this.
+            await self.logs.seal(gen.id, chat=gen.chat_id)
             if await self._reap(gen):
                 reaped += 1
         return reaped
@@ -65,7 +66,7 @@ class Reaper:
         content, reasoning, seq, handed = await self._recover_text(gen)
         if handed is not None:  # its tabs got this done from the log already
             return await self._save_end(gen, handed, content, reasoning, published=True)
-        recorded = await self.logs.recorded_end(gen.id)
+        recorded = await self.logs.recorded_end(gen.id, chat=gen.chat_id)
         if recorded is not None:
             return await self._save_end(gen, recorded, content, reasoning, published=False)
         final = await self.repo.finish(gen.id, "interrupted", content, seq,
@@ -120,7 +121,7 @@ class Reaper:
         reasoning = Reasoning.of(msg)
         try:
             so_far = await text_so_far(self.logs, gen.id, msg.content, reasoning.text,
-                                       checkpoint.last_seq)
+                                       checkpoint.last_seq, chat=gen.chat_id)
         except BusUnavailable:
             return msg.content, _ended(reasoning), checkpoint.last_seq, None
         reasoning.text = so_far.reasoning

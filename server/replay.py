@@ -34,7 +34,7 @@ class Replay:
         gen = await self.repo.generation(cursor.gen)
         if gen is None or gen.chat_id != chat:
             return [await self.snapshot(chat)]
-        tail = await self.logs.read_log(gen.id, cursor.seq)
+        tail = await self.logs.read_log(gen.id, cursor.seq, chat=chat)
         if tail is None:
             return [await self.snapshot(chat)]
         if gen.status == "active":
@@ -66,7 +66,8 @@ class Replay:
         """The active answer so far: SQL checkpoint plus the log after it. Reasoning times
         come with the checkpoints (about a second behind): reasoning that began since the
         last one is dated by the generation's start, an end not yet checkpointed is null."""
-        so_far = await text_so_far(self.logs, gen.id, msg.content, msg.reasoning, gen.last_seq)
+        so_far = await text_so_far(self.logs, gen.id, msg.content, msg.reasoning, gen.last_seq,
+                                   chat=gen.chat_id)
         started, ended = msg.reasoning_started_at, msg.reasoning_ended_at
         if so_far.reasoning_in_log:
             started = started or gen.started_at
@@ -90,12 +91,12 @@ class TextSoFar:
 
 
 async def text_so_far(logs: GenerationLog, gen: str, content: str, reasoning: str,
-                      checkpoint_seq: int) -> TextSoFar:
+                      checkpoint_seq: int, *, chat: str) -> TextSoFar:
     """A generation's text and reasoning: the SQL checkpoint (up to `checkpoint_seq`) plus
     the deltas of its log that continue it without a hole. What follows a hole cannot be
     placed, so it is left out; a log that is unknown adds nothing."""
     so_far = TextSoFar(content, reasoning, checkpoint_seq)
-    for event in await logs.read_log(gen, checkpoint_seq) or ():
+    for event in await logs.read_log(gen, checkpoint_seq, chat=chat) or ():
         if event.type == "done" and event.seq == so_far.seq + 1:
             so_far.done = event
         if event.type != "delta" or event.seq != so_far.seq + 1:

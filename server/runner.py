@@ -215,7 +215,7 @@ class Runner:
         answer would go on growing meanwhile)."""
         local = self._local(user_id, gen_id, chat_id)
         if local is not None:
-            await self.bus.request_stop(local.gen.id)
+            await self.bus.request_stop(local.gen.id, chat=local.chat_id)
             return local.gen
         if gen_id is not None:
             gen = await self.repo.get_generation(user_id, gen_id)
@@ -228,7 +228,7 @@ class Runner:
                 raise NotFound("generation")
             gen = found
         if gen.status == "active":
-            await self.bus.request_stop(gen.id)
+            await self.bus.request_stop(gen.id, chat=gen.chat_id)
         return gen
 
     def _local(self, user_id: str, gen_id: str | None, chat_id: str | None) -> Running | None:
@@ -462,7 +462,7 @@ class Runner:
         r.in_bus_call = True
         try:
             if r.log.lost:
-                await self.bus.restore_log(r.gen.id, r.log.entries[:-1])
+                await self.bus.restore_log(r.gen.id, r.log.entries[:-1], chat=r.chat_id)
                 r.log.lost = False
                 log.warning("bus back: generation log restored",
                             extra={"gen": r.gen.id, "chat": r.chat_id, "seq": r.seq})
@@ -505,7 +505,8 @@ class Runner:
 
     async def _refresh_lease(self, r: Running) -> None:
         with contextlib.suppress(BusUnavailable):  # logged by _append; leases come back
-            await self.bus.refresh_lease(r.gen.id, self.settings.lease_ttl_s / 2)
+            await self.bus.refresh_lease(r.gen.id, self.settings.lease_ttl_s / 2,
+                                         chat=r.chat_id)
 
     async def _history(self, r: Running) -> list[ChatMessage]:
         rows, r.history = r.history, None
@@ -539,7 +540,7 @@ class Runner:
         if r.stop_at is not None and status == "stopped":
             metrics.STOP_LATENCY.observe(time.monotonic() - r.stop_at)
         with contextlib.suppress(BusUnavailable):
-            await self.bus.drop_lease(r.gen.id)
+            await self.bus.drop_lease(r.gen.id, chat=r.chat_id)
         extra = {"gen": r.gen.id, "chat": r.chat_id, "status": status, "seq": r.seq,
                  "duration_s": round(time.monotonic() - r.started, 3)}
         if r.meta.get("cached"):
@@ -654,7 +655,7 @@ class Runner:
             return None
         if r.end_recorded:
             with contextlib.suppress(BusUnavailable):
-                tail = await self.bus.read_log(r.gen.id, r.seq)
+                tail = await self.bus.read_log(r.gen.id, r.seq, chat=r.chat_id)
                 if any(e.type == "done" for e in tail or ()):
                     return None
         return msg
@@ -671,7 +672,7 @@ class Runner:
                                   error, lost=r.log.entries if r.log.lost else None,
                                   attempts=HANDOVER_ATTEMPTS):
                 with contextlib.suppress(BusUnavailable):
-                    await self.bus.drop_lease(r.gen.id)
+                    await self.bus.drop_lease(r.gen.id, chat=r.chat_id)
                 log.warning("answer handed over unsaved at shutdown: another process saves "
                             "it from the bus log when the database is back",
                             extra={"gen": r.gen.id, "chat": r.chat_id, "status": status,
@@ -730,7 +731,8 @@ class Runner:
         # reconnects, and /readyz would start another.
         for running in list(self.running.values()):
             with self.outages.tick("lease refresh"):
-                await self.bus.refresh_lease(running.gen.id, self.settings.lease_ttl_s / 2)
+                await self.bus.refresh_lease(running.gen.id, self.settings.lease_ttl_s / 2,
+                                             chat=running.chat_id)
         lead = False
         with self.outages.tick("cleanup lock"):
             lead = may_reap is None or await may_reap()

@@ -7,6 +7,10 @@
   `on_stop_requested`).
 - `Leases`: another process can tell that an owner died.
 
+Every call about a generation names its chat too (`chat=`): a backend may keep all of a
+chat's generations together (Redis Cluster: one hash slot per chat, so one script appends,
+publishes on the chat's sharded channel and checks for a stop).
+
 A process calls `Bus.start(on_event, on_stop_requested)` once; each user of the bus is given
 only the roles it needs (the hub the fan-out, replay the log, the reaper the log and the
 leases).
@@ -62,23 +66,23 @@ class GenerationLog(ABC):
         LogSealed (nothing appended) when the log is sealed: another process ended it."""
 
     @abstractmethod
-    async def restore_log(self, gen: str, entries: list[LogEntry]) -> None:
+    async def restore_log(self, gen: str, entries: list[LogEntry], *, chat: str) -> None:
         """Write a generation's log again from the owner's copy (start + deltas), after the
         backend lost it (e.g. Redis restarted without persistence). Publishes nothing."""
 
     @abstractmethod
-    async def read_log(self, gen: str, after_seq: int) -> list[Event] | None:
+    async def read_log(self, gen: str, after_seq: int, *, chat: str) -> list[Event] | None:
         """Events of `gen` with seq > after_seq, in order; None if the log is unknown
         (never existed, expired, or lost) — the caller then falls back to a snapshot."""
 
     @abstractmethod
-    async def seal(self, gen: str) -> None:
+    async def seal(self, gen: str, *, chat: str) -> None:
         """No more deltas for `gen`: later appends of deltas raise LogSealed and are
         dropped; its `done` is still accepted. Used before ending another process's
         generation, so the text read from the log afterwards is final."""
 
     @abstractmethod
-    async def end_log(self, gen: str) -> None:
+    async def end_log(self, gen: str, *, chat: str) -> None:
         """The generation is over: keep its log only for the retention period (and forget
         its recorded end)."""
 
@@ -91,7 +95,7 @@ class GenerationLog(ABC):
         interruption. A later record replaces it; `end_log` forgets it."""
 
     @abstractmethod
-    async def recorded_end(self, gen: str) -> Event | None:
+    async def recorded_end(self, gen: str, *, chat: str) -> Event | None:
         """The `done` recorded for `gen` (see `record_end`), if any."""
 
 
@@ -116,7 +120,7 @@ class StopRequests(ABC):
     calls `on_stop_requested`."""
 
     @abstractmethod
-    async def request_stop(self, gen: str) -> None:
+    async def request_stop(self, gen: str, *, chat: str) -> None:
         """Ask the owner of `gen` to stop it. Idempotent."""
 
 
@@ -128,15 +132,15 @@ class Leases(ABC):
     owner: str
 
     @abstractmethod
-    async def refresh_lease(self, gen: str, ttl_s: float) -> None:
+    async def refresh_lease(self, gen: str, ttl_s: float, *, chat: str) -> None:
         """Claim or extend this process's lease on `gen`."""
 
     @abstractmethod
-    async def lease_owner(self, gen: str) -> str | None:
+    async def lease_owner(self, gen: str, *, chat: str) -> str | None:
         """The process holding a live lease on `gen`, if any."""
 
     @abstractmethod
-    async def drop_lease(self, gen: str) -> None: ...
+    async def drop_lease(self, gen: str, *, chat: str) -> None: ...
 
 
 class Bus(GenerationLog, ChatFanout, StopRequests, Leases):

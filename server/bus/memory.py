@@ -67,23 +67,23 @@ class MemoryBus(Bus):
         self._fan_out(event)
         return gen in self._stops
 
-    async def seal(self, gen: str) -> None:
+    async def seal(self, gen: str, *, chat: str) -> None:
         log = self._logs.setdefault(gen, _Log())
         log.sealed = log.sealed or "closed"
 
-    async def restore_log(self, gen: str, entries: list[LogEntry]) -> None:
+    async def restore_log(self, gen: str, entries: list[LogEntry], *, chat: str) -> None:
         self._logs[gen] = _Log(list(entries))
 
     async def publish(self, event: Event) -> None:
         self._fan_out(event)
 
-    async def read_log(self, gen: str, after_seq: int) -> list[Event] | None:
+    async def read_log(self, gen: str, after_seq: int, *, chat: str) -> list[Event] | None:
         log = self._logs.get(gen)
         if log is None or (log.expires_at is not None and log.expires_at < time.monotonic()):
             return None
         return [Event.decode(raw) for seq, raw in log.events if seq > after_seq]
 
-    async def end_log(self, gen: str) -> None:
+    async def end_log(self, gen: str, *, chat: str) -> None:
         log = self._logs.setdefault(gen, _Log())
         log.expires_at = time.monotonic() + self.retention_s
         log.end = None
@@ -92,7 +92,7 @@ class MemoryBus(Bus):
     async def record_end(self, done: Event) -> None:
         self._logs.setdefault(str(done.gen), _Log()).end = done.encode()
 
-    async def recorded_end(self, gen: str) -> Event | None:
+    async def recorded_end(self, gen: str, *, chat: str) -> Event | None:
         log = self._logs.get(gen)
         return Event.decode(log.end) if log is not None and log.end is not None else None
 
@@ -102,19 +102,19 @@ class MemoryBus(Bus):
     async def unwatch(self, chat: str) -> None:
         self._watched.discard(chat)
 
-    async def request_stop(self, gen: str) -> None:
+    async def request_stop(self, gen: str, *, chat: str) -> None:
         self._stops.add(gen)
         if self._on_stop_requested is not None:
             self._on_stop_requested(gen)
 
-    async def refresh_lease(self, gen: str, ttl_s: float) -> None:
+    async def refresh_lease(self, gen: str, ttl_s: float, *, chat: str) -> None:
         self._leases[gen] = time.monotonic() + ttl_s
 
-    async def lease_owner(self, gen: str) -> str | None:
+    async def lease_owner(self, gen: str, *, chat: str) -> str | None:
         deadline = self._leases.get(gen)
         return self.owner if deadline is not None and deadline > time.monotonic() else None
 
-    async def drop_lease(self, gen: str) -> None:
+    async def drop_lease(self, gen: str, *, chat: str) -> None:
         self._leases.pop(gen, None)
 
     def _fan_out(self, event: Event) -> None:

@@ -1,15 +1,18 @@
-"""RedisBus: the Bus for many processes, on one Redis (or a Cluster: keys carry `{gen}` tags).
+"""RedisBus: the Bus for many processes, on one Redis (for a Redis Cluster see
+redis_cluster.py, which builds on this).
 
 Per generation a stream `{prefix}{gen}:log` holds the positioned events (entry id `<seq>-1`,
 field `e` = the event's JSON); live events go to the channel `{prefix}chat:<chat>`; stop
 requests set `{prefix}{gen}:stop` and are announced on `{prefix}stop`; leases are plain keys
 `{prefix}{gen}:lease` with a TTL; the end of an answer whose final write waits for the
 database is kept in `{prefix}{gen}:end` (the `done`'s JSON) until the log ends. Appending
-is one round trip (a Lua script: XADD, PUBLISH, stop check), so a token costs one command on
-the hot path. If Redis restarts empty, the owner's next append raises `BusUnavailable`
-instead of starting a log with a hole, and the owner writes the whole log again with
-`restore_log`; a reader whose cursor falls before the first entry of a log gets None
-(snapshot), never a tail with a gap.
+is one round trip (a Lua script: XADD, PUBLISH, stop check); the appends of every
+generation made in one turn of the event loop go out together in one script call, so under
+load a token costs a fraction of a round trip. If Redis restarts empty, the owner's next
+append raises `BusUnavailable` instead of starting a log with a hole, and the owner writes
+the whole log again with `restore_log` (the script counts the log's entries, so a log that
+lost only its tail is restored too); a reader whose cursor falls before the first entry of
+a log gets None (snapshot), never a tail with a gap.
 
 Each process has one command connection pool and exactly one pub/sub connection, read by a
 listener task this bus owns. If Redis goes away, commands raise `BusUnavailable` within
@@ -62,35 +65,53 @@ PONG_TIMEOUT_S = 3.0        # ... and declared dead if nothing comes back in thi
 LISTENER_BACKOFF = Backoff(base_s=0.1, max_s=5.0)
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
-# What the append script returns first (the second value is whether a stop was requested);
-# the script's returns name them in comments.
+# What the append script returns per append (the second value is whether a stop was
+# requested, or for ERROR the error text); the script's returns name them in comments.
 APPENDED = 1     # stored and published
 REPEAT = 0       # an id not above the stream's last one (a retried call): neither stored nor
                  # published again
-LOG_LOST = -1    # the log must exist (this process appended to it before) but does not:
-                 # Redis lost it, and the owner must restore it before anything else goes in
+LOG_LOST = -1    # the log must hold what this process put in it but holds less: Redis lost
+                 # it (a restart, or a failover that lost its tail), and the owner must
+                 # restore it before anything else goes in
 SEALED = -2      # the generation was ended elsewhere: nothing is added (stop is reported)
+ERROR = -3       # Redis refused the XADD for another reason (the text says why)
 
-# KEYS: log, stop, sealed. ARGV: stream id, event JSON, chat channel, safety TTL (ms), must
-# exist ('1': this process appended before), is done ('1': a done, which seals the log and
-# is the only event a log sealed 'closed' still takes). Returns {status, stop_requested}
-# with status one of the four above.
-_APPEND = """
-local stopped = redis.call('EXISTS', KEYS[2])
-local sealed = redis.call('GET', KEYS[3])
-if sealed == 'done' or (sealed and ARGV[6] ~= '1') then return {-2, 1} end  -- SEALED
-if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
-  return {-1, stopped}  -- LOG_LOST
+#: One append, shared by the single-Redis script and the cluster function. Arguments: log,
+#: stop and sealed keys; stream id `<seq>-1`; event JSON; channel; safety TTL (ms); must
+#: hold (how many entries this process put in the log, which must still be there); is done
+#: ('1': a done, which seals the log and is the only event a log sealed 'closed' still
+#: takes); the publish command.
+APPEND_ONE = """
+local function append_one(log, stop, sealed, id, event, channel, ttl, must_hold, is_done, pub)
+  local stopped = redis.call('EXISTS', stop)
+  local s = redis.call('GET', sealed)
+  if s == 'done' or (s and is_done ~= '1') then return -2, 1 end  -- SEALED
+  if must_hold ~= '0' and redis.call('XLEN', log) < tonumber(must_hold) then
+    return -1, stopped  -- LOG_LOST
+  end
+  local ok = redis.pcall('XADD', log, id, 'e', event)
+  if type(ok) == 'table' and ok.err then
+    if string.find(ok.err, 'equal or smaller', 1, true) then return 0, stopped end  -- REPEAT
+    return -3, ok.err  -- ERROR
+  end
+  redis.call(pub, channel, event)
+  redis.call('PEXPIRE', log, ttl)
+  if is_done == '1' then redis.call('SET', sealed, 'done', 'PX', ttl) end
+  return 1, stopped  -- APPENDED
 end
-local ok = redis.pcall('XADD', KEYS[1], ARGV[1], 'e', ARGV[2])
-if type(ok) == 'table' and ok.err then
-  if string.find(ok.err, 'equal or smaller', 1, true) then return {0, stopped} end  -- REPEAT
-  return redis.error_reply(ok.err)
+"""
+
+#: Every append of one loop turn in one script run (one round trip, one script call).
+#: KEYS: log, stop, sealed of each append. ARGV[1]: safety TTL (ms), then per append: stream
+#: id, event JSON, channel, must hold, is done. Returns {status, stop-or-error} per append.
+_APPEND_BATCH = APPEND_ONE + """
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = 3 * i, 2 + 5 * i
+  out[2 * i + 1], out[2 * i + 2] = append_one(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3],
+    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[1], ARGV[a + 3], ARGV[a + 4], 'PUBLISH')
 end
-redis.call('PUBLISH', ARGV[3], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-if ARGV[6] == '1' then redis.call('SET', KEYS[3], 'done', 'PX', ARGV[4]) end
-return {1, stopped}  -- APPENDED
+return out
 """
 
 # KEYS: lease. ARGV: owner. Delete the lease only if it is still ours.
@@ -128,13 +149,14 @@ class RedisBus(Bus):
         self._sub_redis: Redis = Redis.from_url(
             url, client_name="chatcast-pubsub", socket_timeout=SOCKET_TIMEOUT_S,
             retry=Retry(NoBackoff(), 0), **common)
-        self._append = self._redis.register_script(_APPEND)
+        self._append = self._redis.register_script(_APPEND_BATCH)
         self._drop_lease = self._redis.register_script(_DROP_LEASE)
         self._stop_channel = f"{prefix}stop".encode()
         self._chat_prefix = f"{prefix}chat:".encode()
         self._watched: set[str] = set()
         # Generations this process appended to and has not ended: their log must exist.
-        self._open_logs: set[str] = set()
+        # (how many entries this process put in each: the log must still hold them).
+        self._open_logs: dict[str, int] = {}
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
         # Appends waiting for the end of the current loop turn, and batches in flight.
         self._batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
@@ -192,25 +214,28 @@ class RedisBus(Bus):
     # The log -----------------------------------------------------------------------------
 
     async def append(self, event: Event) -> bool:
-        gen = str(event.gen)
-        call = (self._key(gen, "log"), self._key(gen, "stop"), self._key(gen, "sealed"),
-                f"{event.seq}-1", event.encode(), self._chat_channel(event.chat),
-                int(ACTIVE_LOG_TTL_S * 1000), int(gen in self._open_logs),
+        gen, chat = str(event.gen), event.chat
+        call = (self._key(chat, gen, "log"), self._key(chat, gen, "stop"),
+                self._key(chat, gen, "sealed"), f"{event.seq}-1", event.encode(),
+                self._chat_channel(chat), self._open_logs.get(gen, 0),
                 int(event.type == "done"))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batch.append((call, future))
         if len(self._batch) == 1:  # the first of this loop turn: send them all at its end
             asyncio.get_running_loop().call_soon(self._send_batch)
-        status, stopped = await future
+        status, detail = await future
         self.stats["appends"] += 1
         if status == SEALED:
             raise LogSealed(f"generation {gen} was ended elsewhere")
         if status == LOG_LOST:
             raise BusUnavailable(f"Redis lost the log of generation {gen}; restore it")
+        if status == ERROR:
+            raise BusUnavailable(f"Redis refused an append to generation {gen}: {detail!r}")
         if status == REPEAT:
             self.stats["duplicates"] += 1
-        self._open_logs.add(gen)
-        return bool(stopped)
+        else:
+            self._open_logs[gen] = self._open_logs.get(gen, 0) + 1
+        return bool(detail)
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, []
@@ -219,10 +244,10 @@ class RedisBus(Bus):
         task.add_done_callback(self._batches.discard)
 
     async def _run_batch(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        """Appends made in the same turn of the event loop go out in one pipeline: one round
-        trip and one connection for all of them (each is still its own script run)."""
+        """Appends made in the same turn of the event loop go out in one script call: one
+        round trip, one connection and one script run for all of them."""
         try:
-            results = await self._pipeline([call for call, _ in batch])
+            results = await self._append_all([call for call, _ in batch])
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -238,23 +263,24 @@ class RedisBus(Bus):
             else:
                 future.set_result(result)
 
-    async def _pipeline(self, calls: list[tuple[Any, ...]]) -> list[Any]:
-        for attempt in range(2):
-            pipe = self._redis.pipeline(transaction=False)
-            for call in calls:
-                pipe.evalsha(self._append.sha, 3, *call)
-            results: list[Any] = await self._call(pipe.execute(raise_on_error=False))
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
-                # Redis restarted (or is another server): load the script, run them again.
-                # Repeats are safe: an id already in the log is not added twice.
-                self._append.sha = await self._call(self._redis.script_load(_APPEND))
-                continue
-            return results
-        return results
+    async def _append_all(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        """Run the appends `calls` (see `append`); their (status, detail) pairs in order."""
+        keys = [key for call in calls for key in call[:3]]
+        args = [int(ACTIVE_LOG_TTL_S * 1000), *(arg for call in calls for arg in call[3:])]
+        try:
+            flat = await self._call(self._redis.evalsha(self._append.sha, len(keys), *keys,
+                                                        *args))
+        except NoScriptError:
+            # Redis restarted (or is another server): load the script, run them again.
+            # Repeats are safe: an id already in the log is not added twice.
+            self._append.sha = await self._call(self._redis.script_load(_APPEND_BATCH))
+            flat = await self._call(self._redis.evalsha(self._append.sha, len(keys), *keys,
+                                                        *args))
+        return pairs(flat)
 
-    async def restore_log(self, gen: str, entries: list[LogEntry]) -> None:
+    async def restore_log(self, gen: str, entries: list[LogEntry], *, chat: str) -> None:
         """Replace the log with `entries` in one transaction (one round trip)."""
-        key = self._key(gen, "log")
+        key = self._key(chat, gen, "log")
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(key)
         for seq, raw in entries:
@@ -262,16 +288,16 @@ class RedisBus(Bus):
         pipe.pexpire(key, int(ACTIVE_LOG_TTL_S * 1000))
         await self._call(pipe.execute())
         if entries:
-            self._open_logs.add(gen)
+            self._open_logs[gen] = len(entries)
         else:  # nothing was written: the next append starts the log afresh
-            self._open_logs.discard(gen)
+            self._open_logs.pop(gen, None)
 
     async def publish(self, event: Event) -> None:
         await self._call(self._redis.publish(self._chat_channel(event.chat), event.encode()))
         self.stats["publishes"] += 1
 
-    async def read_log(self, gen: str, after_seq: int) -> list[Event] | None:
-        key = self._key(gen, "log")
+    async def read_log(self, gen: str, after_seq: int, *, chat: str) -> list[Event] | None:
+        key = self._key(chat, gen, "log")
         pipe = self._redis.pipeline(transaction=True)
         pipe.exists(key)
         pipe.xrange(key, min=f"{after_seq + 1}-0", max="+")
@@ -284,24 +310,24 @@ class RedisBus(Bus):
             return None  # the log starts after the cursor: Redis lost its beginning
         return events
 
-    async def seal(self, gen: str) -> None:
-        key = self._key(gen, "sealed")
+    async def seal(self, gen: str, *, chat: str) -> None:
+        key = self._key(chat, gen, "sealed")
         await self._call(self._redis.set(key, "closed", px=int(ACTIVE_LOG_TTL_S * 1000), nx=True))
 
-    async def end_log(self, gen: str) -> None:
-        self._open_logs.discard(gen)
+    async def end_log(self, gen: str, *, chat: str) -> None:
+        self._open_logs.pop(gen, None)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.pexpire(self._key(gen, "log"), max(int(self.retention_s * 1000), 1))
-        pipe.pexpire(self._key(gen, "sealed"), max(int(self.retention_s * 1000), 1))
-        pipe.delete(self._key(gen, "stop"), self._key(gen, "end"))
+        pipe.pexpire(self._key(chat, gen, "log"), max(int(self.retention_s * 1000), 1))
+        pipe.pexpire(self._key(chat, gen, "sealed"), max(int(self.retention_s * 1000), 1))
+        pipe.delete(self._key(chat, gen, "stop"), self._key(chat, gen, "end"))
         await self._call(pipe.execute())
 
     async def record_end(self, done: Event) -> None:
-        await self._call(self._redis.set(self._key(str(done.gen), "end"), done.encode(),
-                                         px=int(ACTIVE_LOG_TTL_S * 1000)))
+        await self._call(self._redis.set(self._key(done.chat, str(done.gen), "end"),
+                                         done.encode(), px=int(ACTIVE_LOG_TTL_S * 1000)))
 
-    async def recorded_end(self, gen: str) -> Event | None:
-        raw = await self._call(self._redis.get(self._key(gen, "end")))
+    async def recorded_end(self, gen: str, *, chat: str) -> Event | None:
+        raw = await self._call(self._redis.get(self._key(chat, gen, "end")))
         return Event.decode(raw) if raw is not None else None
 
     # Live fan-out --------------------------------------------------------------------------
@@ -338,26 +364,27 @@ class RedisBus(Bus):
 
     # Stop requests and leases --------------------------------------------------------------
 
-    async def request_stop(self, gen: str) -> None:
+    async def request_stop(self, gen: str, *, chat: str) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(self._key(gen, "stop"), 1, ex=STOP_KEY_TTL_S)
+        pipe.set(self._key(chat, gen, "stop"), 1, ex=STOP_KEY_TTL_S)
         pipe.publish(self._stop_channel, gen)
         await self._call(pipe.execute())
 
-    async def refresh_lease(self, gen: str, ttl_s: float) -> None:
-        await self._call(self._redis.set(self._key(gen, "lease"), self.owner,
+    async def refresh_lease(self, gen: str, ttl_s: float, *, chat: str) -> None:
+        await self._call(self._redis.set(self._key(chat, gen, "lease"), self.owner,
                                          px=max(int(ttl_s * 1000), 1)))
 
-    async def lease_owner(self, gen: str) -> str | None:
-        owner = await self._call(self._redis.get(self._key(gen, "lease")))
+    async def lease_owner(self, gen: str, *, chat: str) -> str | None:
+        owner = await self._call(self._redis.get(self._key(chat, gen, "lease")))
         return owner.decode() if owner is not None else None
 
-    async def drop_lease(self, gen: str) -> None:
-        await self._call(self._drop_lease([self._key(gen, "lease")], [self.owner]))
+    async def drop_lease(self, gen: str, *, chat: str) -> None:
+        await self._call(self._drop_lease([self._key(chat, gen, "lease")], [self.owner]))
 
     # Internals -----------------------------------------------------------------------------
 
-    def _key(self, gen: str, kind: str) -> str:
+    def _key(self, chat: str, gen: str, kind: str) -> str:
+        """One Redis holds everything: the chat is not part of the name."""
         return f"{self.prefix}{{{gen}}}:{kind}"
 
     def _chat_channel(self, chat: str) -> bytes:
@@ -478,6 +505,11 @@ class RedisBus(Bus):
         for client in (self._redis, self._sub_redis):
             with contextlib.suppress(*_DOWN):
                 await client.aclose()
+
+
+def pairs(flat: list[Any]) -> list[tuple[int, Any]]:
+    """The append script's flat reply {status, detail, status, detail, ...} as pairs."""
+    return [(int(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
 def _still_down(attempt: int, exc: BaseException, pause: float) -> None:

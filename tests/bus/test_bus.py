@@ -50,10 +50,10 @@ async def test_read_log_replays_after_seq_in_order(bus: BusProbe) -> None:
     for e in events:
         assert await bus.bus.append(e) is False
 
-    assert data(await bus.bus.read_log(gen, 0)) == [e.data for e in events]
-    assert data(await bus.bus.read_log(gen, 2)) == [e.data for e in events[2:]]
-    assert data(await bus.bus.read_log(gen, 4)) == [events[4].data]
-    assert await bus.bus.read_log(gen, 5) == []
+    assert data(await bus.bus.read_log(gen, 0, chat=chat)) == [e.data for e in events]
+    assert data(await bus.bus.read_log(gen, 2, chat=chat)) == [e.data for e in events[2:]]
+    assert data(await bus.bus.read_log(gen, 4, chat=chat)) == [events[4].data]
+    assert await bus.bus.read_log(gen, 5, chat=chat) == []
 
 
 async def test_seal_refuses_deltas_but_takes_the_done(bus: BusProbe, peer: BusProbe) -> None:
@@ -62,19 +62,19 @@ async def test_seal_refuses_deltas_but_takes_the_done(bus: BusProbe, peer: BusPr
     chat, gen = new_id(), new_id()
     for e in deltas(chat, gen, ["a", "b"]):
         await bus.bus.append(e)
-    await peer.bus.seal(gen)
+    await peer.bus.seal(gen, chat=chat)
     with pytest.raises(LogSealed):
         await bus.bus.append(protocol.delta(chat, gen, 3, "c"))
-    assert [e["seq"] for e in data(await peer.bus.read_log(gen, 0))] == [1, 2]
+    assert [e["seq"] for e in data(await peer.bus.read_log(gen, 0, chat=chat))] == [1, 2]
     assert await peer.bus.append(final(chat, gen, 3, "ab")) is False
     with pytest.raises(LogSealed):  # a done seals for good
         await bus.bus.append(final(chat, gen, 4, "abc"))
-    assert [e["type"] for e in data(await peer.bus.read_log(gen, 0))] == ["delta", "delta",
-                                                                          "done"]
+    types = [e["type"] for e in data(await peer.bus.read_log(gen, 0, chat=chat))]
+    assert types == ["delta", "delta", "done"]
 
 
 async def test_read_log_of_unknown_generation_is_none(bus: BusProbe) -> None:
-    assert await bus.bus.read_log(new_id(), 0) is None
+    assert await bus.bus.read_log(new_id(), 0, chat=new_id()) is None
 
 
 async def test_logs_are_kept_per_generation(bus: BusProbe, peer: BusProbe) -> None:
@@ -84,8 +84,8 @@ async def test_logs_are_kept_per_generation(bus: BusProbe, peer: BusProbe) -> No
         await bus.bus.append(a)
         await bus.bus.append(b)
 
-    assert [e["text"] for e in data(await peer.bus.read_log(gen_a, 0))] == ["a1", "a2"]
-    assert [e["text"] for e in data(await peer.bus.read_log(gen_b, 0))] == ["b1", "b2"]
+    assert [e["text"] for e in data(await peer.bus.read_log(gen_a, 0, chat=chat))] == ["a1", "a2"]
+    assert [e["text"] for e in data(await peer.bus.read_log(gen_b, 0, chat=chat))] == ["b1", "b2"]
 
 
 async def test_events_round_trip_unchanged(bus: BusProbe, peer: BusProbe) -> None:
@@ -96,7 +96,7 @@ async def test_events_round_trip_unchanged(bus: BusProbe, peer: BusProbe) -> Non
     for e in sent:
         await bus.bus.append(e)
 
-    assert data(await peer.bus.read_log(gen, 0)) == [e.data for e in sent]
+    assert data(await peer.bus.read_log(gen, 0, chat=chat)) == [e.data for e in sent]
     assert await peer.wait_events(chat, 2) == [e.data for e in sent]
 
 
@@ -107,7 +107,7 @@ async def test_log_holds_only_positioned_events(bus: BusProbe) -> None:
     await bus.bus.append(first)
     await bus.bus.publish(protocol.message(chat, {"id": new_id(), "content": "hi"}))
 
-    assert data(await bus.bus.read_log(gen, 0)) == [first.data]
+    assert data(await bus.bus.read_log(gen, 0, chat=chat)) == [first.data]
 
 
 async def test_restore_log_writes_the_log_again_and_publishes_nothing(
@@ -118,12 +118,12 @@ async def test_restore_log_writes_the_log_again_and_publishes_nothing(
     await peer.bus.watch(chat)
     kept = [protocol.start(chat, gen, new_id(), "demo", "demo-1"), *deltas(chat, gen, ["a", "b"])]
 
-    await bus.bus.restore_log(gen, [log_entry(e) for e in kept])
+    await bus.bus.restore_log(gen, [log_entry(e) for e in kept], chat=chat)
     nxt = protocol.delta(chat, gen, 3, "c")
     assert await bus.bus.append(nxt) is False
 
-    assert data(await peer.bus.read_log(gen, 0)) == [e.data for e in [*kept[1:], nxt]]
-    assert data(await peer.bus.read_log(gen, 2)) == [nxt.data]
+    assert data(await peer.bus.read_log(gen, 0, chat=chat)) == [e.data for e in [*kept[1:], nxt]]
+    assert data(await peer.bus.read_log(gen, 2, chat=chat)) == [nxt.data]
     barrier = protocol.delta(chat, control, 1, "barrier")
     await bus.bus.append(barrier)
     await peer.wait_event(lambda e: e.data == barrier.data)
@@ -138,19 +138,19 @@ async def test_ended_log_stays_readable_within_retention(bus: BusProbe, peer: Bu
     events = [*deltas(chat, gen, ["a", "b"]), final(chat, gen, 3, "ab")]
     for e in events:
         await bus.bus.append(e)
-    await bus.bus.end_log(gen)
+    await bus.bus.end_log(gen, chat=chat)
 
-    assert data(await peer.bus.read_log(gen, 1)) == [e.data for e in events[1:]]
+    assert data(await peer.bus.read_log(gen, 1, chat=chat)) == [e.data for e in events[1:]]
 
 
 async def test_ended_log_expires_after_retention(make_bus: BusFactory) -> None:
     bus = await make_bus(retention_s=0.2)
     chat, gen = new_id(), new_id()
     await bus.bus.append(protocol.delta(chat, gen, 1, "gone soon"))
-    await bus.bus.end_log(gen)
+    await bus.bus.end_log(gen, chat=chat)
 
     async def expired() -> bool:
-        return await bus.bus.read_log(gen, 0) is None
+        return await bus.bus.read_log(gen, 0, chat=chat) is None
 
     await eventually(expired)
 
@@ -161,13 +161,14 @@ async def test_log_without_end_does_not_expire_at_retention(make_bus: BusFactory
     chat, running, ended = new_id(), new_id(), new_id()
     await bus.bus.append(protocol.delta(chat, running, 1, "still going"))
     await bus.bus.append(protocol.delta(chat, ended, 1, "over"))
-    await bus.bus.end_log(ended)
+    await bus.bus.end_log(ended, chat=chat)
 
     async def expired() -> bool:
-        return await bus.bus.read_log(ended, 0) is None
+        return await bus.bus.read_log(ended, 0, chat=chat) is None
 
     await eventually(expired)  # retention has passed for `ended` ...
-    assert data(await bus.bus.read_log(running, 0))[0]["text"] == "still going"  # not `running`
+    # ... not for `running`
+    assert data(await bus.bus.read_log(running, 0, chat=chat))[0]["text"] == "still going"
 
 
 async def test_a_recorded_end_is_kept_beside_the_log_unpublished_until_the_log_ends(
@@ -181,22 +182,22 @@ async def test_a_recorded_end_is_kept_beside_the_log_unpublished_until_the_log_e
     text = deltas(chat, gen, ["a", "b"])
     for e in text:
         await bus.bus.append(e)
-    assert await peer.bus.recorded_end(gen) is None
+    assert await peer.bus.recorded_end(gen, chat=chat) is None
 
     end = final(chat, gen, 3, "ab")
     await bus.bus.record_end(final(chat, gen, 3, "a"))
     await bus.bus.record_end(end)
 
-    recorded = await peer.bus.recorded_end(gen)
+    recorded = await peer.bus.recorded_end(gen, chat=chat)
     assert recorded is not None and recorded.data == end.data
-    assert data(await peer.bus.read_log(gen, 0)) == [e.data for e in text]
+    assert data(await peer.bus.read_log(gen, 0, chat=chat)) == [e.data for e in text]
     barrier = protocol.delta(chat, control, 1, "barrier")
     await bus.bus.append(barrier)
     await peer.wait_event(lambda e: e.data == barrier.data)
     assert [e["type"] for e in peer.events_of(chat)] == ["delta", "delta", "delta"]
-    await peer.bus.end_log(gen)
-    assert await bus.bus.recorded_end(gen) is None
-    assert await peer.bus.recorded_end(new_id()) is None
+    await peer.bus.end_log(gen, chat=chat)
+    assert await bus.bus.recorded_end(gen, chat=chat) is None
+    assert await peer.bus.recorded_end(new_id(), chat=chat) is None
 
 
 # -- live fan-out ---------------------------------------------------------------------------
@@ -251,7 +252,7 @@ async def test_unwatch_ends_delivery(bus: BusProbe, peer: BusProbe) -> None:
     await peer.wait_event(lambda e: e.data == barrier.data)
     assert [e["text"] for e in peer.events_of(chat)] == ["seen"]
     # The log still has everything: unwatch only ends live delivery.
-    assert len(data(await peer.bus.read_log(gen, 0))) == 2
+    assert len(data(await peer.bus.read_log(gen, 0, chat=chat))) == 2
 
 
 async def test_watch_again_after_unwatch(bus: BusProbe, peer: BusProbe) -> None:
@@ -271,7 +272,7 @@ async def test_request_stop_reaches_the_owner(bus: BusProbe, peer: BusProbe) -> 
     chat, gen = new_id(), new_id()
     assert await bus.bus.append(protocol.delta(chat, gen, 1, "a")) is False
 
-    await peer.bus.request_stop(gen)
+    await peer.bus.request_stop(gen, chat=chat)
     await bus.wait_stop(gen)
     assert await bus.bus.append(protocol.delta(chat, gen, 2, "b")) is True
 
@@ -282,8 +283,8 @@ async def test_request_stop_is_idempotent_and_per_generation(bus: BusProbe,
     await bus.bus.append(protocol.delta(chat, stopped, 1, "a"))
     await bus.bus.append(protocol.delta(chat, running, 1, "a"))
 
-    await peer.bus.request_stop(stopped)
-    await peer.bus.request_stop(stopped)
+    await peer.bus.request_stop(stopped, chat=chat)
+    await peer.bus.request_stop(stopped, chat=chat)
     await bus.wait_stop(stopped)
 
     assert await bus.bus.append(protocol.delta(chat, stopped, 2, "b")) is True
@@ -294,39 +295,40 @@ async def test_request_stop_is_idempotent_and_per_generation(bus: BusProbe,
 
 
 async def test_lease_names_its_owner_until_dropped(bus: BusProbe, peer: BusProbe) -> None:
-    gen = new_id()
-    assert await peer.bus.lease_owner(gen) is None
+    chat, gen = new_id(), new_id()
+    assert await peer.bus.lease_owner(gen, chat=chat) is None
 
-    await bus.bus.refresh_lease(gen, 30.0)
-    assert await bus.bus.lease_owner(gen) == bus.bus.owner
-    assert await peer.bus.lease_owner(gen) == bus.bus.owner
+    await bus.bus.refresh_lease(gen, 30.0, chat=chat)
+    assert await bus.bus.lease_owner(gen, chat=chat) == bus.bus.owner
+    assert await peer.bus.lease_owner(gen, chat=chat) == bus.bus.owner
 
-    await bus.bus.drop_lease(gen)
-    assert await peer.bus.lease_owner(gen) is None
+    await bus.bus.drop_lease(gen, chat=chat)
+    assert await peer.bus.lease_owner(gen, chat=chat) is None
 
 
 async def test_lease_expires_without_refresh(bus: BusProbe, peer: BusProbe) -> None:
-    gen = new_id()
-    await bus.bus.refresh_lease(gen, 0.2)
-    assert await peer.bus.lease_owner(gen) == bus.bus.owner
+    chat, gen = new_id(), new_id()
+    await bus.bus.refresh_lease(gen, 0.2, chat=chat)
+    assert await peer.bus.lease_owner(gen, chat=chat) == bus.bus.owner
 
     async def expired() -> bool:
-        return await peer.bus.lease_owner(gen) is None
+        return await peer.bus.lease_owner(gen, chat=chat) is None
 
     await eventually(expired)
 
 
 async def test_refresh_extends_a_lease(bus: BusProbe, peer: BusProbe) -> None:
-    kept, control = new_id(), new_id()
-    await bus.bus.refresh_lease(kept, 0.2)
-    await bus.bus.refresh_lease(control, 0.2)
-    await bus.bus.refresh_lease(kept, 30.0)
+    chat, kept, control = new_id(), new_id(), new_id()
+    await bus.bus.refresh_lease(kept, 0.2, chat=chat)
+    await bus.bus.refresh_lease(control, 0.2, chat=chat)
+    await bus.bus.refresh_lease(kept, 30.0, chat=chat)
 
     async def control_expired() -> bool:
-        return await peer.bus.lease_owner(control) is None
+        return await peer.bus.lease_owner(control, chat=chat) is None
 
     await eventually(control_expired)  # the short lease is over by now ...
-    assert await peer.bus.lease_owner(kept) == bus.bus.owner  # ... the refreshed one is not
+    # ... the refreshed one is not
+    assert await peer.bus.lease_owner(kept, chat=chat) == bus.bus.owner
 
 
 async def test_owners_are_distinct_per_bus(make_bus: BusFactory) -> None:

@@ -132,7 +132,7 @@ async def test_restart_surfaces_the_outage_then_resubscribes_by_itself(
     got = await peer.wait_events(chat, 2)
     assert [e["text"] for e in got] == ["before", "after"]
     # ... and stop requests reach the owner again.
-    await peer.bus.request_stop(later)
+    await peer.bus.request_stop(later, chat=chat)
     await owner.wait_stop(later)
 
 
@@ -156,11 +156,11 @@ async def test_a_log_lost_in_a_restart_is_refused_then_restored(
     fourth = protocol.delta(chat, gen, 4, "t4")
     with pytest.raises(BusUnavailable, match="lost the log"):
         await owner.bus.append(fourth)
-    assert await peer.bus.read_log(gen, 0) is None  # nothing half-written
+    assert await peer.bus.read_log(gen, 0, chat=chat) is None  # nothing half-written
 
-    await owner.bus.restore_log(gen, [log_entry(e) for e in [*sent, fourth]])
+    await owner.bus.restore_log(gen, [log_entry(e) for e in [*sent, fourth]], chat=chat)
     assert await owner.bus.append(protocol.delta(chat, gen, 5, "t5")) is False
-    tail = await peer.bus.read_log(gen, 0)
+    tail = await peer.bus.read_log(gen, 0, chat=chat)
     assert tail is not None and [e.seq for e in tail] == [1, 2, 3, 4, 5]
     # restore_log published nothing: the peer saw live only what was appended.
     await peer.wait_event(lambda e: e.seq == 5)
@@ -181,9 +181,9 @@ async def test_a_log_with_a_hole_is_unknown_before_it(
     await other.bus.append(protocol.delta(chat, gen, 4, "t4"))
     await other.bus.append(protocol.delta(chat, gen, 5, "t5"))
 
-    assert await other.bus.read_log(gen, 0) is None
-    assert await other.bus.read_log(gen, 2) is None
-    tail = await other.bus.read_log(gen, 3)
+    assert await other.bus.read_log(gen, 0, chat=chat) is None
+    assert await other.bus.read_log(gen, 2, chat=chat) is None
+    tail = await other.bus.read_log(gen, 3, chat=chat)
     assert tail is not None and [e.seq for e in tail] == [4, 5]
 
 
@@ -232,7 +232,7 @@ async def test_a_repeated_append_is_neither_stored_nor_published_twice(
 
     got = await peer.wait_events(chat, 2)
     assert [e["text"] for e in got] == ["once", "twice"]
-    log = await peer.bus.read_log(gen, 0)
+    log = await peer.bus.read_log(gen, 0, chat=chat)
     assert log is not None and [e.data["text"] for e in log] == ["once", "twice"]
     assert owner.bus.stats["duplicates"] == 1
 
@@ -312,7 +312,7 @@ async def test_appends_of_one_loop_turn_share_a_round_trip_and_never_run_out_of_
     await peer.wait_events(chat, len(gens))
     assert {e["gen"] for e in peer.events_of(chat)} == set(gens)
     for gen in gens[:5]:
-        log_events = await peer.bus.read_log(gen, 0)
+        log_events = await peer.bus.read_log(gen, 0, chat=chat)
         assert log_events is not None and [e.text() for e in log_events] == \
             [protocol.delta(chat, gen, 1, f"t-{gen}").text()]
 
@@ -329,5 +329,5 @@ async def test_a_restarted_redis_gets_the_append_script_again(
     await owner.wait_reconnect()
     gen = new_id()
     assert await owner.bus.append(protocol.delta(chat, gen, 1, "after")) is False
-    tail = await owner.bus.read_log(gen, 0)
+    tail = await owner.bus.read_log(gen, 0, chat=chat)
     assert tail is not None and [e.seq for e in tail] == [1]

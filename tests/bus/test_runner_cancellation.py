@@ -91,8 +91,8 @@ class GatedBus:
             await self._release.wait()
         return result
 
-    async def restore_log(self, gen: str, entries: list[LogEntry]) -> None:
-        await self.inner.restore_log(gen, entries)
+    async def restore_log(self, gen: str, entries: list[LogEntry], *, chat: str) -> None:
+        await self.inner.restore_log(gen, entries, chat=chat)
 
 
 class Harness:

@@ -108,6 +108,10 @@ class World:
         # As in a server: leases refreshed, orphans swept, every lease_ttl_s / 6.
         self.maintenance = asyncio.create_task(runner.maintain())
 
+    def chat_of(self, gen: str) -> str:
+        """The chat of a generation this world started (from its events)."""
+        return next(e.chat for e in self.probe.events if e.gen == gen)
+
     async def start(self) -> str:
         chat = await self.repo.create_chat(USER)
         await self.bus.watch(chat.id)
@@ -164,7 +168,7 @@ async def test_final_write_outlives_an_outage_and_done_goes_out_once(world: Worl
     await until(lambda: _at_least(w.flaky.calls.get("finish", 0), 6), timeout=30)
     assert not w.probe.of(gen, "done")
     assert gen in w.runner.running, "the owner keeps the generation while it waits"
-    assert await w.bus.lease_owner(gen) == w.bus.owner
+    assert await w.bus.lease_owner(gen, chat=w.chat_of(gen)) == w.bus.owner
     # Another process's orphan sweep (no local generations) sees a living owner.
     other = Reaper(w.repo, w.bus, w.bus, set())
     for _ in range(3):
@@ -232,11 +236,11 @@ async def test_maintenance_survives_an_unexpected_error_in_the_lease_refresh(
     real = w.bus.refresh_lease
     calls: list[str] = []
 
-    async def refresh(g: str, ttl_s: float) -> None:
+    async def refresh(g: str, ttl_s: float, *, chat: str) -> None:
         calls.append(g)
         if len(calls) <= 2:
             raise RuntimeError("unexpected reply from the bus")
-        await real(g, ttl_s)
+        await real(g, ttl_s, chat=chat)
 
     monkeypatch.setattr(w.bus, "refresh_lease", refresh)
     sweeps: list[int] = []
@@ -250,7 +254,7 @@ async def test_maintenance_survives_an_unexpected_error_in_the_lease_refresh(
     await until(lambda: _at_least(len(calls), 5))
     assert not w.maintenance.done(), "maintenance ended"
     assert len(sweeps) >= 3  # the sweep went on in the rounds that failed too
-    assert await w.bus.lease_owner(gen) == w.bus.owner
+    assert await w.bus.lease_owner(gen, chat=w.chat_of(gen)) == w.bus.owner
 
 
 async def test_shutdown_during_an_outage_hands_over_or_logs_the_loss(
@@ -275,7 +279,7 @@ async def test_shutdown_during_an_outage_hands_over_or_logs_the_loss(
         return
     # Redis: the done is in the log; the next process's sweep saves it as it was.
     assert any(r.getMessage().startswith("answer handed over") for r in caplog.records)
-    assert await w.bus.lease_owner(gen) is None
+    assert await w.bus.lease_owner(gen, chat=w.chat_of(gen)) is None
     next_process = Reaper(w.repo, w.bus, w.bus, set())
     await until(lambda: _swept(next_process))
     row = await w.repo.generation(gen)
@@ -304,7 +308,7 @@ async def test_an_owner_gone_while_saving_is_saved_from_its_recorded_end(
     w.provider.finish.set()
     await w.probe.wait(lambda: bool(w.probe.of(gen, "saving")))
     text = "".join(str(e.data["text"]) for e in w.probe.of(gen, "delta"))
-    recorded = await w.bus.recorded_end(gen)
+    recorded = await w.bus.recorded_end(gen, chat=w.chat_of(gen))
     assert recorded is not None and recorded.data["status"] == "completed"
     assert recorded.seq == len(w.probe.of(gen, "delta")) + 1
     ended: list[tuple[str, str]] = []  # (who, status): each process's end hook, for gen
@@ -322,7 +326,7 @@ async def test_an_owner_gone_while_saving_is_saved_from_its_recorded_end(
             assert await other.sweep() == 0
         w.maintenance.cancel()  # no more lease refreshes, as after a SIGKILL
         await asyncio.gather(w.maintenance, return_exceptions=True)
-        await w.bus.drop_lease(gen)
+        await w.bus.drop_lease(gen, chat=w.chat_of(gen))
         await until(lambda: _swept(other))
     finally:
         await other_bus.close()
@@ -335,7 +339,8 @@ async def test_an_owner_gone_while_saving_is_saved_from_its_recorded_end(
     msg = await w.repo.get_message(row.message_id)
     assert msg is not None and msg.content == text and msg.usage == USAGE.as_dict()
     assert msg.status == "complete"
-    assert await w.bus.recorded_end(gen) is None  # forgotten with the log's end
+    # forgotten with the log's end
+    assert await w.bus.recorded_end(gen, chat=w.chat_of(gen)) is None
     # The owner was alive after all: its write lands, finds its own end, adds no done.
     w.flaky.down = False
     await until(lambda: _ended(w.runner, gen))

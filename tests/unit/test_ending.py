@@ -21,7 +21,7 @@ async def test_a_lost_log_is_restored_before_the_done() -> None:
     lost = [log_entry(protocol.start("c", "g", "m", "demo", "d")),
             log_entry(protocol.delta("c", "g", 1, "hi"))]
     await ending.publish_done(bus, "c", "g", 1, "completed", {"id": "m"}, None, None, lost=lost)
-    events = await bus.read_log("g", -1)
+    events = await bus.read_log("g", -1, chat="c")
     assert events is not None
     assert [(e.type, e.seq) for e in events] == [("start", 0), ("delta", 1), ("done", 2)]
 
@@ -31,7 +31,7 @@ async def test_a_sealed_log_takes_no_done_and_a_dead_bus_is_given_up_on(
     bus = MemoryBus()
     await bus.append(protocol.done("c", "g", 3, "interrupted", {"id": "m"}))  # by another
     await ending.publish_done(bus, "c", "g", 1, "stopped", {"id": "m"}, None, None)
-    events = await bus.read_log("g", -1)
+    events = await bus.read_log("g", -1, chat="c")
     assert events is not None and [e.data["status"] for e in events] == ["interrupted"]
 
     calls: list[Any] = []

@@ -19,12 +19,13 @@ async def test_the_checkpoint_is_continued_by_the_deltas_after_it() -> None:
     await bus.append(protocol.reasoning_delta("c", "g", 1, "hmm"))
     for seq, text in enumerate(["Hel", "lo", " there", "!"], start=2):
         await bus.append(protocol.delta("c", "g", seq, text))
-    assert _of(await text_so_far(bus, "g", "Hello", "hmm", 3)) == ("Hello there!", "hmm", 5)
-    so_far = await text_so_far(bus, "g", "", "", 0)
+    so_far = await text_so_far(bus, "g", "Hello", "hmm", 3, chat="c")
+    assert _of(so_far) == ("Hello there!", "hmm", 5)
+    so_far = await text_so_far(bus, "g", "", "", 0, chat="c")
     assert _of(so_far) == ("Hello there!", "hmm", 5) and so_far.reasoning_in_log
-    assert not (await text_so_far(bus, "g", "Hel", "hmm", 2)).reasoning_in_log
+    assert not (await text_so_far(bus, "g", "Hel", "hmm", 2, chat="c")).reasoning_in_log
     await bus.append(protocol.done("c", "g", 6, "completed", {"id": "m"}))
-    assert _of(await text_so_far(bus, "g", "Hel", "hmm", 2)) == ("Hello there!", "hmm", 5)
+    assert _of(await text_so_far(bus, "g", "Hel", "hmm", 2, chat="c")) == ("Hello there!", "hmm", 5)
 
 
 async def test_a_hole_in_the_log_ends_the_text_and_an_unknown_log_adds_nothing() -> None:
@@ -33,6 +34,6 @@ async def test_a_hole_in_the_log_ends_the_text_and_an_unknown_log_adds_nothing()
                log_entry(protocol.delta("c", "g", 1, "a")),
                log_entry(protocol.delta("c", "g", 2, "b")),
                log_entry(protocol.delta("c", "g", 4, "d"))]  # 3 is missing
-    await bus.restore_log("g", entries)
-    assert _of(await text_so_far(bus, "g", "", "", 0)) == ("ab", "", 2)
-    assert _of(await text_so_far(bus, "unknown", "kept", "r", 7)) == ("kept", "r", 7)
+    await bus.restore_log("g", entries, chat="c")
+    assert _of(await text_so_far(bus, "g", "", "", 0, chat="c")) == ("ab", "", 2)
+    assert _of(await text_so_far(bus, "unknown", "kept", "r", 7, chat="c")) == ("kept", "r", 7)
