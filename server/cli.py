@@ -33,21 +33,27 @@ def _migrate(settings: Settings) -> None:
                          f"{str(exc).splitlines()[0]}); check DATABASE_URL") from None
 
 
-def _check_redis(url: str) -> None:
+def _check_redis(url: str, cluster: bool) -> None:
     """Fail at once, naming REDIS_URL, instead of starting without the bus (never fall back
-    to memory silently: processes would stop seeing each other)."""
+    to memory silently: processes would stop seeing each other), and refuse a Redis that is
+    not what CHATCAST_REDIS_CLUSTER says (a cluster node, a plain Redis, a replica)."""
     import redis
 
-    from chatcast.server.bus.redis import redacted_url
+    from chatcast.server.bus.redis import mode_problem, redacted_url
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    seed = url.split(",")[0].strip() if cluster else url
+    seed = seed if "://" in seed else f"redis://{seed}"
+    client = redis.Redis.from_url(seed, socket_connect_timeout=3, socket_timeout=3)
     try:
-        client.ping()
+        problem = mode_problem(client.info("replication"), client.info("cluster"),
+                               cluster=cluster)
     except redis.RedisError as exc:
-        raise SystemExit(f"chatcast: cannot reach Redis at {redacted_url(url)} (REDIS_URL): "
+        raise SystemExit(f"chatcast: cannot reach Redis at {redacted_url(seed)} (REDIS_URL): "
                          f"{exc}") from None
     finally:
         client.close()
+    if problem:
+        raise SystemExit(f"chatcast: REDIS_URL {redacted_url(seed)} {problem}")
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -61,7 +67,7 @@ def serve(args: argparse.Namespace) -> None:
         raise SystemExit("chatcast: --workers > 1 needs REDIS_URL: with the in-memory bus, "
                          "workers would not see each other's tokens or stops")
     if settings.redis_url:
-        _check_redis(settings.redis_url)
+        _check_redis(settings.redis_url, settings.redis_cluster)
     _migrate(settings)
     config = uvicorn.Config(
         "chatcast.server.app:create_app",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from chatcast.core.codes import Close
 from chatcast.core.errors import StorageUnavailable
@@ -150,8 +150,13 @@ class Hub:
 
     def resync_all(self) -> None:
         """After the bus reconnected: every subscriber catches up on every chat."""
-        for chat, subs in list(self.chats.items()):
-            for sub in list(subs):
+        self.resync_chats(list(self.chats))
+
+    def resync_chats(self, chats: Collection[str]) -> None:
+        """Live delivery of `chats` was interrupted (e.g. their Redis Cluster slot moved):
+        their subscribers catch up; other chats are not touched."""
+        for chat in chats:
+            for sub in list(self.chats.get(chat, ())):
                 self.resync(sub, chat)
 
     async def subscribe(self, sub: Subscriber, chat: str, cursor: Cursor | None) -> None:

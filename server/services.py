@@ -42,6 +42,10 @@ def make_bus(settings: Settings) -> Bus:
         return MemoryBus(retention_s=settings.log_retention_s)
     if url.startswith(REDIS_SCHEMES):
         from chatcast.server.bus.redis import RedisBus
+        if settings.redis_cluster:
+            from chatcast.server.bus.redis_cluster import RedisClusterBus
+            return RedisClusterBus(url, retention_s=settings.log_retention_s,
+                                   max_connections=settings.redis_max_connections)
         return RedisBus(url, retention_s=settings.log_retention_s,
                         max_connections=settings.redis_max_connections)
     raise ValueError(f"unsupported bus URL {url!r}: use memory:// or redis://")
@@ -128,7 +132,8 @@ class Services:
         hub = Hub(bus, replay.catch_up)
         runner = Runner(settings, repo, bus, registry)
         runner.on_end = runner.reaper.on_end = hooks.ended
-        await bus.start(hub.on_event, runner.on_stop_requested, on_reconnect=hub.resync_all)
+        await bus.start(hub.on_event, runner.on_stop_requested, on_reconnect=hub.resync_all,
+                        on_resync=hub.resync_chats)
         limits = make_limits(settings, bus)
         runner.answers.store = make_cache(settings, bus)
         try:

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # Components
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
+    # REDIS_URL names Redis Cluster seed nodes (comma-separated): the bus and the limits
+    # shard by chat (server/bus/redis_cluster.py).
+    redis_cluster: bool = False
     data_dir: Path = Path("data")
 
     # Identity

@@ -16,6 +16,7 @@ import pytest
 
 from tests.helpers.pg import PgAdmin, PostgresUnavailable
 from tests.helpers.ports import free_port as _free_port
+from tests.helpers.redis_cluster import RedisCluster, redis_cli_binary
 from tests.helpers.redis_server import RedisServer, redis_binary
 from tests.helpers.server import ServerProcess
 from tests.helpers.threads import run_in_thread
@@ -79,6 +80,36 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """The session's private Redis Cluster (3 masters + 3 replicas), shared by tests that
+    do not break it (use `key_prefix`)."""
+    _require_redis()
+    if redis_cli_binary() is None:
+        pytest.skip("redis-cli not found; Redis Cluster tests skipped")
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[Callable[[], RedisCluster]]:
+    """Factory of private Redis Clusters for tests that kill nodes or move slots."""
+    _require_redis()
+    if redis_cli_binary() is None:
+        pytest.skip("redis-cli not found; Redis Cluster tests skipped")
+    started: list[RedisCluster] = []
+
+    def make() -> RedisCluster:
+        cluster = RedisCluster(tmp_path / f"cluster{len(started)}")
+        started.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in started:
+        cluster.stop()
 
 
 # -- SQL databases --------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from chatcast.core.codes import Code
 from chatcast.core.errors import ChatcastError
@@ -38,6 +38,9 @@ def log_entry(event: Event) -> LogEntry:
 EventHandler = Callable[[Event], None]
 StopRequestHandler = Callable[[str], None]
 ReconnectHandler = Callable[[], None]
+#: Live delivery of these chats was interrupted and is back (e.g. their slot moved to another
+#: Redis Cluster node): their subscribers catch up from their cursors.
+ResyncHandler = Callable[[Collection[str]], None]
 
 log = logging.getLogger("chatcast.bus")
 
@@ -152,11 +155,12 @@ class Bus(GenerationLog, ChatFanout, StopRequests, Leases):
 
     @abstractmethod
     async def start(self, on_event: EventHandler, on_stop_requested: StopRequestHandler, *,
-                    on_reconnect: ReconnectHandler | None = None) -> None:
+                    on_reconnect: ReconnectHandler | None = None,
+                    on_resync: ResyncHandler | None = None) -> None:
         """Connect and begin delivering live events (`on_event`) and stop requests
         (`on_stop_requested`). `on_reconnect` is called when live delivery resumes after an outage
         (events may have been missed meanwhile: subscribers must catch up from their
-        cursors)."""
+        cursors); `on_resync` when that happened to some chats only."""
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -15,6 +15,7 @@ from chatcast.server.bus.base import (
     LogEntry,
     LogSealed,
     ReconnectHandler,
+    ResyncHandler,
     StopRequestHandler,
 )
 
@@ -41,7 +42,8 @@ class MemoryBus(Bus):
         self._on_stop_requested: StopRequestHandler | None = None
 
     async def start(self, on_event: EventHandler, on_stop_requested: StopRequestHandler, *,
-                    on_reconnect: ReconnectHandler | None = None) -> None:
+                    on_reconnect: ReconnectHandler | None = None,
+                    on_resync: ResyncHandler | None = None) -> None:
         # In-process: never disconnects, so `on_reconnect` is never called.
         self._on_event, self._on_stop_requested = on_event, on_stop_requested
 

@@ -49,6 +49,7 @@ from chatcast.server.bus.base import (
     LogEntry,
     LogSealed,
     ReconnectHandler,
+    ResyncHandler,
     StopRequestHandler,
 )
 
@@ -64,6 +65,8 @@ PONG_TIMEOUT_S = 3.0        # ... and declared dead if nothing comes back in thi
 # The listener reconnects after 0.1 s, then backs off to a try every 5 s.
 LISTENER_BACKOFF = Backoff(base_s=0.1, max_s=5.0)
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+CONNECTION: dict[str, Any] = {"socket_connect_timeout": SOCKET_TIMEOUT_S,
+                              "socket_keepalive": True}
 
 # What the append script returns per append (the second value is whether a stop was
 # requested, or for ERROR the error text); the script's returns name them in comments.
@@ -133,22 +136,11 @@ class RedisBus(Bus):
         #: Calls made, one round trip each (for benchmarks and metrics).
         self.stats: dict[str, int] = dict.fromkeys(
             ("appends", "duplicates", "publishes", "reads", "round_trips", "reconnects"), 0)
-        common: dict[str, Any] = {"socket_connect_timeout": SOCKET_TIMEOUT_S,
-                                  "socket_keepalive": True}
-        # One retry: a pooled connection that died with a Redis restart is replaced at once.
-        # Every command is safe to repeat (appends of a seen seq are ignored by the script).
-        # A blocking pool: with more commands in flight than connections (hundreds of
-        # generations appending at once), a command waits for a connection rather than
-        # failing ("Too many connections" is not "Redis is down").
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=SOCKET_TIMEOUT_S,
-            client_name="chatcast-cmd", socket_timeout=SOCKET_TIMEOUT_S,
-            health_check_interval=15, retry=Retry(NoBackoff(), 1), **common)
-        self._redis: Redis = Redis.from_pool(pool)
-        # The pub/sub connection does not retry by itself: the listener owns reconnecting.
-        self._sub_redis: Redis = Redis.from_url(
-            url, client_name="chatcast-pubsub", socket_timeout=SOCKET_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0), **common)
+        #: The command client: a `Redis` here, a `RedisCluster` in the cluster bus (the same
+        #: command API); `_sub_redis` the pub/sub client, if separate.
+        self._redis: Any
+        self._sub_redis: Redis | None
+        self._make_clients(url, max_connections)
         self._append = self._redis.register_script(_APPEND_BATCH)
         self._drop_lease = self._redis.register_script(_DROP_LEASE)
         self._stop_channel = f"{prefix}stop".encode()
@@ -166,9 +158,26 @@ class RedisBus(Bus):
         self._on_event: EventHandler | None = None
         self._on_stop_requested: StopRequestHandler | None = None
         self._on_reconnect: ReconnectHandler | None = None
+        self._on_resync: ResyncHandler | None = None
+
+    def _make_clients(self, url: str, max_connections: int) -> None:
+        # One retry: a pooled connection that died with a Redis restart is replaced at once.
+        # Every command is safe to repeat (appends of a seen seq are ignored by the script).
+        # A blocking pool: with more commands in flight than connections (hundreds of
+        # generations appending at once), a command waits for a connection rather than
+        # failing ("Too many connections" is not "Redis is down").
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=SOCKET_TIMEOUT_S,
+            client_name="chatcast-cmd", socket_timeout=SOCKET_TIMEOUT_S,
+            health_check_interval=15, retry=Retry(NoBackoff(), 1), **CONNECTION)
+        self._redis = Redis.from_pool(pool)
+        # The pub/sub connection does not retry by itself: the listener owns reconnecting.
+        self._sub_redis = Redis.from_url(
+            url, client_name="chatcast-pubsub", socket_timeout=SOCKET_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0), **CONNECTION)
 
     @property
-    def client(self) -> Redis:
+    def client(self) -> Any:
         """The command connection pool, shared with other Redis users of this process
         (e.g. RedisLimits); the bus owns and closes it."""
         return self._redis
@@ -176,13 +185,20 @@ class RedisBus(Bus):
     # Lifecycle ---------------------------------------------------------------------------
 
     async def start(self, on_event: EventHandler, on_stop_requested: StopRequestHandler, *,
-                    on_reconnect: ReconnectHandler | None = None) -> None:
-        """Connect (or raise BusUnavailable naming REDIS_URL) and start the listener.
-        `on_reconnect` is called after the pub/sub connection was lost and is back."""
+                    on_reconnect: ReconnectHandler | None = None,
+                    on_resync: ResyncHandler | None = None) -> None:
+        """Connect (or raise BusUnavailable naming REDIS_URL; BusMisconfigured if it names
+        a Redis Cluster node or a replica) and start the listener. `on_reconnect` is called
+        after the pub/sub connection was lost and is back."""
         self._on_event, self._on_reconnect = on_event, on_reconnect
-        self._on_stop_requested = on_stop_requested
+        self._on_stop_requested, self._on_resync = on_stop_requested, on_resync
         try:
             await self._redis.ping()
+            problem = mode_problem(await self._redis.info("replication"),
+                                   await self._redis.info("cluster"), cluster=False)
+            if problem:
+                await self._close_clients()
+                raise BusMisconfigured(f"chatcast: REDIS_URL {redacted_url(self.url)} {problem}")
             self._pubsub = await self._open_pubsub()
         except _DOWN as exc:
             await self._close_clients()
@@ -401,6 +417,7 @@ class RedisBus(Bus):
     async def _open_pubsub(self) -> PubSub:
         """A new pub/sub connection subscribed to the stop channel and every watched chat,
         returned once Redis confirmed all of them."""
+        assert self._sub_redis is not None
         pubsub = self._sub_redis.pubsub()
         try:
             channels = [self._stop_channel, *(self._chat_channel(c) for c in self._watched)]
@@ -503,8 +520,31 @@ class RedisBus(Bus):
 
     async def _close_clients(self) -> None:
         for client in (self._redis, self._sub_redis):
-            with contextlib.suppress(*_DOWN):
-                await client.aclose()
+            if client is not None:
+                with contextlib.suppress(*_DOWN):
+                    await client.aclose()
+
+
+class BusMisconfigured(ValueError):
+    """REDIS_URL and CHATCAST_REDIS_CLUSTER do not match the Redis they point at: refused at
+    start-up (a plain client on a cluster node fails for most chats; a replica refuses
+    writes)."""
+
+
+def mode_problem(replication: dict[str, Any], cluster_info: dict[str, Any], *,
+                 cluster: bool) -> str | None:
+    """What is wrong with a node (its INFO replication and INFO cluster) for the mode asked
+    for, or None. In cluster mode a seed may be a replica: the client finds the masters."""
+    enabled = str(cluster_info.get("cluster_enabled", 0)) == "1"
+    if cluster and not enabled:
+        return ("is not a Redis Cluster node, but CHATCAST_REDIS_CLUSTER=true: "
+                "unset it for a single Redis, or name cluster nodes")
+    if not cluster and enabled:
+        return ("is a Redis Cluster node: set CHATCAST_REDIS_CLUSTER=true (REDIS_URL then "
+                "names one or more seed nodes, comma-separated)")
+    if not cluster and replication.get("role") != "master":
+        return "is a replica (read-only): point REDIS_URL at the master"
+    return None
 
 
 def pairs(flat: list[Any]) -> list[tuple[int, Any]]:

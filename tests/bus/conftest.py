@@ -1,7 +1,8 @@
 """One bus suite for every backend: the `bus` fixture yields a started `BusProbe` per backend.
 
 A backend also gives a `peer`: the bus as another process sees it. For the memory backend the
-peer is the same object (one process); for Redis it is a second RedisBus on the same server,
+peer is the same object (one process); for Redis it is a second RedisBus on the same server
+(for a Redis Cluster a second RedisClusterBus, seeded with a node),
 so the same tests prove cross-process fan-out, stop requests and leases.
 To add a backend: add its name to BACKENDS and a branch to `_new_bus`.
 """
@@ -21,8 +22,9 @@ from chatcast.core.protocol import Event
 from chatcast.server.bus.base import Bus
 from chatcast.server.bus.memory import MemoryBus
 from chatcast.server.bus.redis import RedisBus
+from chatcast.server.bus.redis_cluster import RedisClusterBus
 
-BACKENDS = ["memory", "redis"]
+BACKENDS = ["memory", "redis", "cluster"]
 DEFAULT_RETENTION_S = 60.0
 
 
@@ -91,6 +93,8 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     name: str = request.param
     if name == "redis":
         return Backend(name, request.getfixturevalue("redis_url"))
+    if name == "cluster":
+        return Backend(name, request.getfixturevalue("redis_cluster_session").seeds)
     return Backend(name, None)
 
 
@@ -101,6 +105,10 @@ def _new_bus(backend: Backend, retention_s: float, key_prefix: str) -> Bus:
         # The test's own key prefix: tests sharing the session's Redis never see each other.
         assert backend.url is not None
         return RedisBus(backend.url, retention_s=retention_s, prefix=key_prefix)
+    if backend.name == "cluster":  # seeded with one node only: the client finds the rest
+        assert backend.url is not None
+        return RedisClusterBus(backend.url.split(",")[0], retention_s=retention_s,
+                               prefix=key_prefix)
     raise AssertionError(f"unknown bus backend {backend.name}")
 
 
