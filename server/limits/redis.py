@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from chatcast.server.bus.base import BusUnavailable
@@ -51,7 +52,7 @@ return 0
 
 
 class RedisLimits(Limits):
-    def __init__(self, client: Redis, prefix: str = "cc:") -> None:
+    def __init__(self, client: Redis | RedisCluster, prefix: str = "cc:") -> None:
         self._redis = client
         self._prefix = prefix
         self._take = client.register_script(_TAKE)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from chatcast.server.limits import Limits, TokenBucket
 from chatcast.server.limits.memory import MemoryLimits
@@ -23,11 +24,23 @@ class Pair:
     redis_keys: list[bytes] | None = None
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def pair(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Pair]:
     if request.param == "memory":
         mem = MemoryLimits()
         yield Pair(mem, mem)
+        return
+    if request.param == "cluster":  # two clients seeded with different nodes: keys of every
+        # shard (each bucket, ticket and lock is one key; they hash all over the slots)
+        nodes = request.getfixturevalue("redis_cluster_session").nodes
+        c1 = RedisCluster(host="127.0.0.1", port=nodes[0].port)
+        c2 = RedisCluster(host="127.0.0.1", port=nodes[1].port)
+        try:  # as the cluster bus does before first use (lazy set-up races in redis-py)
+            await asyncio.gather(c1.initialize(), c2.initialize())
+            yield Pair(RedisLimits(c1, prefix=key_prefix), RedisLimits(c2, prefix=key_prefix))
+        finally:
+            await c1.aclose()
+            await c2.aclose()
         return
     url: str = request.getfixturevalue("redis_url")
     a, b = Redis.from_url(url), Redis.from_url(url)
