@@ -117,6 +117,28 @@ end
 return out
 """
 
+# The log's other uses, each one script run (atomic, one round trip; on a Redis Cluster a
+# chat's keys share one slot, where redis-py's cluster transactions are not dependable).
+# KEYS: log. ARGV: safety TTL (ms), then stream id and event JSON of each entry.
+_RESTORE_LOG = """
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 2 do redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+# KEYS: log. ARGV: first stream id. The entries from there, or nil if there is no log.
+_READ_LOG = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('XRANGE', KEYS[1], ARGV[1], '+')
+"""
+# KEYS: log, sealed, stop, recorded end. ARGV: retention (ms).
+_END_LOG = """
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3], KEYS[4])
+return 1
+"""
+
 # KEYS: lease. ARGV: owner. Delete the lease only if it is still ours.
 _DROP_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -143,6 +165,9 @@ class RedisBus(Bus):
         self._make_clients(url, max_connections)
         self._append = self._redis.register_script(_APPEND_BATCH)
         self._drop_lease = self._redis.register_script(_DROP_LEASE)
+        self._restore_log = self._redis.register_script(_RESTORE_LOG)
+        self._read_log = self._redis.register_script(_READ_LOG)
+        self._end_log = self._redis.register_script(_END_LOG)
         self._stop_channel = f"{prefix}stop".encode()
         self._chat_prefix = f"{prefix}chat:".encode()
         self._watched: set[str] = set()
@@ -295,14 +320,11 @@ class RedisBus(Bus):
         return pairs(flat)
 
     async def restore_log(self, gen: str, entries: list[LogEntry], *, chat: str) -> None:
-        """Replace the log with `entries` in one transaction (one round trip)."""
-        key = self._key(chat, gen, "log")
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(key)
+        """Replace the log with `entries` in one script run (one round trip)."""
+        args: list[Any] = [int(ACTIVE_LOG_TTL_S * 1000)]
         for seq, raw in entries:
-            pipe.xadd(key, {"e": raw}, id=f"{seq}-1")
-        pipe.pexpire(key, int(ACTIVE_LOG_TTL_S * 1000))
-        await self._call(pipe.execute())
+            args += [f"{seq}-1", raw]
+        await self._call(self._restore_log([self._key(chat, gen, "log")], args))
         if entries:
             self._open_logs[gen] = len(entries)
         else:  # nothing was written: the next append starts the log afresh
@@ -313,15 +335,13 @@ class RedisBus(Bus):
         self.stats["publishes"] += 1
 
     async def read_log(self, gen: str, after_seq: int, *, chat: str) -> list[Event] | None:
-        key = self._key(chat, gen, "log")
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.exists(key)
-        pipe.xrange(key, min=f"{after_seq + 1}-0", max="+")
-        exists, entries = await self._call(pipe.execute())
+        entries = await self._call(self._read_log([self._key(chat, gen, "log")],
+                                                  [f"{after_seq + 1}-0"]))
         self.stats["reads"] += 1
-        if not exists:
+        if entries is None:
             return None
-        events = [Event.decode(fields[b"e"]) for _id, fields in entries]
+        # Each entry is [id, [b"e", event JSON]] (the only field).
+        events = [Event.decode(fields[1]) for _id, fields in entries]
         if events and events[0].seq > after_seq + 1:
             return None  # the log starts after the cursor: Redis lost its beginning
         return events
@@ -332,11 +352,8 @@ class RedisBus(Bus):
 
     async def end_log(self, gen: str, *, chat: str) -> None:
         self._open_logs.pop(gen, None)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.pexpire(self._key(chat, gen, "log"), max(int(self.retention_s * 1000), 1))
-        pipe.pexpire(self._key(chat, gen, "sealed"), max(int(self.retention_s * 1000), 1))
-        pipe.delete(self._key(chat, gen, "stop"), self._key(chat, gen, "end"))
-        await self._call(pipe.execute())
+        keys = [self._key(chat, gen, kind) for kind in ("log", "sealed", "stop", "end")]
+        await self._call(self._end_log(keys, [max(int(self.retention_s * 1000), 1)]))
 
     async def record_end(self, done: Event) -> None:
         await self._call(self._redis.set(self._key(done.chat, str(done.gen), "end"),

@@ -80,7 +80,8 @@ log = logging.getLogger("chatcast.bus")
 #: What a cluster answers while slots move or a failover is under way: try again soon.
 REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError, MasterDownError,
              ClusterError, SlotNotCoveredError)
-TRANSIENT = (*_DOWN, *REDIRECTS, RedisClusterException)
+# (uvloop raises RuntimeError for a write on a transport that closed under redis-py.)
+TRANSIENT = (*_DOWN, *REDIRECTS, RedisClusterException, RuntimeError)
 #: Tries of a batch of appends whose node failed (the map is read again before each).
 APPEND_TRIES = 3
 FUNCTION_LIBRARY = "chatcast"
@@ -163,7 +164,8 @@ class RedisClusterBus(RedisBus):
             await self._close_clients()
             raise BusUnavailable(f"cannot reach the Redis Cluster at {redacted_url(self.url)} "
                                  f"(REDIS_URL): {exc}") from exc
-        self._shards = ShardedSubscriptions(self._redis, self._on_message, self._moved,
+        seeds = [(n.host, int(n.port)) for n in self._redis.get_nodes()]
+        self._shards = ShardedSubscriptions(seeds, self._on_message, self._moved,
                                             {**CONNECTION, **self._auth,
                                              "socket_timeout": SOCKET_TIMEOUT_S})
         self._channels_up = True
@@ -240,7 +242,7 @@ class RedisClusterBus(RedisBus):
                                             return_exceptions=True)
             for (_node, group), outcome in zip(groups.values(), outcomes, strict=True):
                 if isinstance(outcome, BaseException):
-                    if not isinstance(outcome, (*TRANSIENT, ResponseError)):
+                    if not isinstance(outcome, Exception):
                         raise outcome
                     if isinstance(outcome, ResponseError) and "not found" in str(outcome):
                         with contextlib.suppress(*TRANSIENT):  # a node restarted empty

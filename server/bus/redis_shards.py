@@ -22,15 +22,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from chatcast.core.retry import Backoff
 from chatcast.server.bus.base import BusUnavailable
-from chatcast.server.bus.redis_internals import refresh_slot_map
 
 log = logging.getLogger("chatcast.bus")
 
@@ -40,7 +39,12 @@ PONG_TIMEOUT_S = 3.0
 #: Moved channels are tried again after 0.1 s, backing off to every 2 s (a failover takes
 #: the node timeout plus about a second).
 MOVE_BACKOFF = Backoff(base_s=0.1, max_s=2.0)
+MOVE_ATTEMPT_S = 6.0
+CLOSE_TIMEOUT_S = 1.0
 
+SLOTS = 16384
+#: One node as the slot map names it: (host, port).
+Address = tuple[str, int]
 MessageHandler = Callable[[bytes, bytes], None]
 MovedHandler = Callable[[set[bytes]], None]
 
@@ -58,9 +62,12 @@ class _Link:
 
 
 class ShardedSubscriptions:
-    def __init__(self, cluster: RedisCluster, on_message: MessageHandler,
+    def __init__(self, seeds: list[Address], on_message: MessageHandler,
                  on_moved: MovedHandler, connection: dict[str, Any]) -> None:
-        self._cluster = cluster
+        # The slot map is this listener's own (CLUSTER SLOTS, read when a slot moves or a
+        # node goes): it never waits behind the command client's own map refreshes.
+        self._known: list[Address] = list(seeds)
+        self._map: list[tuple[int, int, Address]] = []
         self._on_message = on_message
         self._on_moved = on_moved
         self._connection = connection  # keyword arguments of each node connection
@@ -70,6 +77,7 @@ class ShardedSubscriptions:
         self._moved: set[bytes] = set()
         self._mover: asyncio.Task[None] | None = None
         self._opening: dict[str, asyncio.Lock] = {}
+        self._abandoned: set[asyncio.Future[Any]] = set()
         self.moves = 0  # channels moved (slot migrations and failovers), for tests and stats
 
     @property
@@ -80,6 +88,8 @@ class ShardedSubscriptions:
     async def add(self, channel: bytes) -> None:
         """Subscribe to `channel` on the master of its slot; returns once confirmed.
         Raises BusUnavailable when that cannot be done now."""
+        if channel in self._wanted:  # subscribed, or being moved (it will be back)
+            return
         self._wanted.add(channel)
         try:
             for attempt in range(3):
@@ -106,6 +116,10 @@ class ShardedSubscriptions:
             await asyncio.gather(self._mover, return_exceptions=True)
         for link in list(self._links.values()):
             await self._drop(link, None)
+        for task in list(self._abandoned):
+            task.cancel()
+        if self._abandoned:
+            await asyncio.wait(set(self._abandoned), timeout=CLOSE_TIMEOUT_S)
 
     # Subscribing -------------------------------------------------------------------------
 
@@ -113,23 +127,19 @@ class ShardedSubscriptions:
         """Subscribe `channels` where the slot map says (read again first if `refresh`);
         False if a node said the map is wrong. Raises BusUnavailable if a node is down."""
         try:
-            if refresh:
-                await refresh_slot_map(self._cluster)
-            by_node: dict[str, list[bytes]] = {}
-            nodes: dict[str, ClusterNode] = {}
+            if refresh or not self._map:
+                await self._read_map()
+            by_node: dict[Address, list[bytes]] = {}
             for channel in channels:
-                node = self._cluster.get_node_from_key(channel.decode())
-                if node is None:
-                    raise BusUnavailable(f"no node serves {channel!r}")
-                nodes[node.name] = node
-                by_node.setdefault(node.name, []).append(channel)
-            for name, group in by_node.items():
-                link = await self._link(nodes[name])
+                by_node.setdefault(self._node_of(channel), []).append(channel)
+            for address, group in by_node.items():
+                link = await self._link(address)
                 if not await self._confirm(link, group):
                     return False
             return True
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise BusUnavailable(f"Redis Cluster pub/sub unavailable: {exc}") from exc
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            # (RedisClusterException, e.g. "slots not covered" mid-failover, is no RedisError)
+            raise BusUnavailable(f"Redis Cluster pub/sub unavailable: {exc!r}") from exc
 
     async def _confirm(self, link: _Link, channels: list[bytes]) -> bool:
         loop = asyncio.get_running_loop()
@@ -138,10 +148,18 @@ class ShardedSubscriptions:
             self._confirmations.setdefault(channel, []).append(future)
         try:
             async with asyncio.timeout(CONFIRM_TIMEOUT_S):
-                await link.pubsub.ssubscribe(*channels)
+                for channel in channels:  # one SSUBSCRIBE may only name channels of one slot
+                    await link.pubsub.ssubscribe(channel)
                 await asyncio.gather(*waits.values())
         except _Redirected:
             return False
+        except BaseException:
+            if self._links.get(link.node) is link and (link.reader is None or link.reader.done()
+                                                        or not link.channels):
+                # a link that cannot confirm is not kept for the next try
+                self._links.pop(link.node, None)
+                await self._drop(link, None)
+            raise
         finally:
             for channel, future in waits.items():
                 waiting = self._confirmations.get(channel, [])
@@ -157,15 +175,49 @@ class ShardedSubscriptions:
         link.leaving.difference_update(channels)
         return True
 
-    async def _link(self, node: ClusterNode) -> _Link:
-        link = self._links.get(node.name)
+    async def _read_map(self) -> None:
+        """The slot map from the first known node that serves a full one."""
+        errors = []
+        for host, port in list(self._known):
+            client = Redis(host=host, port=port, retry=Retry(NoBackoff(), 0), **self._connection)
+            try:
+                async with asyncio.timeout(CONFIRM_TIMEOUT_S):
+                    reply = await client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            except (RedisError, OSError, TimeoutError) as exc:
+                errors.append(f"{host}:{port}: {exc!r}")
+                continue
+            finally:
+                with contextlib.suppress(RedisError, OSError, RuntimeError):
+                    await client.aclose()
+            spans = sorted((int(r[0]), int(r[1]), _address(r[2])) for r in reply)
+            if sum(hi - lo + 1 for lo, hi, _ in spans) < SLOTS:
+                errors.append(f"{host}:{port}: slots not all served")
+                continue
+            self._map = spans
+            for _lo, _hi, *nodes in reply:
+                for node in nodes:
+                    if _address(node) not in self._known:
+                        self._known.append(_address(node))
+            return
+        raise BusUnavailable(f"no Redis Cluster slot map: {'; '.join(errors)}")
+
+    def _node_of(self, channel: bytes) -> Address:
+        slot = key_slot(channel)
+        for lo, hi, address in self._map:
+            if lo <= slot <= hi:
+                return address
+        raise BusUnavailable(f"no node serves slot {slot}")
+
+    async def _link(self, address: Address) -> _Link:
+        name = f"{address[0]}:{address[1]}"
+        link = self._links.get(name)
         if link is not None:
             return link
-        async with self._opening.setdefault(node.name, asyncio.Lock()):
-            link = self._links.get(node.name)
+        async with self._opening.setdefault(name, asyncio.Lock()):
+            link = self._links.get(name)
             if link is not None:
                 return link
-            client = Redis(host=node.host, port=int(node.port), client_name="chatcast-pubsub",
+            client = Redis(host=address[0], port=address[1], client_name="chatcast-pubsub",
                            retry=Retry(NoBackoff(), 0), **self._connection)
             pubsub = client.pubsub()
             try:
@@ -174,8 +226,8 @@ class ShardedSubscriptions:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await client.aclose()
                 raise
-            link = self._links[node.name] = _Link(node.name, client, pubsub)
-            link.reader = asyncio.create_task(self._read(link), name=f"shard-{node.name}")
+            link = self._links[name] = _Link(name, client, pubsub)
+            link.reader = asyncio.create_task(self._read(link), name=f"shard-{name}")
             return link
 
     # Reading -----------------------------------------------------------------------------
@@ -189,9 +241,7 @@ class ShardedSubscriptions:
             while True:
                 try:
                     message = await link.pubsub.get_message(timeout=1.0)
-                except (RedisConnectionError, OSError, TimeoutError):
-                    raise
-                except RedisError as exc:  # an error reply: a subscribe sent to the wrong node
+                except ResponseError as exc:  # an error reply: a subscribe to the wrong node
                     self._redirected(exc)
                     continue
                 now = loop.time()
@@ -203,7 +253,8 @@ class ShardedSubscriptions:
                 elif pinged is None and now - heard > IDLE_PING_S:
                     await link.pubsub.ping()
                     pinged = now
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # whatever ended it (uvloop raises RuntimeError on a closed
+            # transport), the link is gone and its channels must move
             log.warning("Redis Cluster node %s lost (%s); moving its %d subscriptions",
                         link.node, exc, len(link.channels))
             self._links.pop(link.node, None)
@@ -234,6 +285,7 @@ class ShardedSubscriptions:
 
     def _redirected(self, exc: RedisError) -> None:
         """A node refused a subscribe (MOVED: the map is stale): those waiting try again."""
+        log.warning("Redis Cluster refused a subscription: %s", exc)
         for waiting in self._confirmations.values():
             for future in waiting:
                 if not future.done():
@@ -262,11 +314,7 @@ class ShardedSubscriptions:
         while self._moved:
             batch = self._moved & self._wanted
             self._moved.clear()
-            try:
-                done = await self._subscribe(batch, refresh=True)
-            except BusUnavailable as exc:
-                log.debug("moved subscriptions not back yet (%s)", exc)
-                done = False
+            done = await self._attempt(batch)
             if not done:
                 self._moved |= batch & self._wanted
                 await asyncio.sleep(pause)
@@ -281,6 +329,37 @@ class ShardedSubscriptions:
                 log.exception("on_moved handler failed")
         await self._close_idle()
 
+    async def _attempt(self, batch: set[bytes]) -> bool:
+        """One try at subscribing `batch` where the map says now. Run as a task of its own
+        and given up on after MOVE_ATTEMPT_S without waiting for it: a connection to a node
+        that half-answers mid-failover can leave redis-py deaf to a cancellation, and this
+        loop must go on until every channel is back."""
+        attempt = asyncio.ensure_future(self._subscribe(batch, refresh=True))
+        finished, _ = await asyncio.wait({attempt}, timeout=MOVE_ATTEMPT_S)
+        if not finished:
+            attempt.cancel()
+            self._background(attempt)
+            for link in list(self._links.values()):  # links made by it are not trusted
+                if not link.channels:
+                    self._links.pop(link.node, None)
+                    self._background(asyncio.ensure_future(self._drop(link, None)))
+            log.warning("moved subscriptions: a try was given up on after %.0f s",
+                        MOVE_ATTEMPT_S)
+            return False
+        if attempt.cancelled():
+            return False
+        exc = attempt.exception()
+        if exc is not None:
+            log.debug("moved subscriptions not back yet (%r)", exc)
+            return False
+        return attempt.result()
+
+    def _background(self, task: asyncio.Future[Any]) -> None:
+        """Keep a task that nobody waits for until it ends (and retrieve its outcome)."""
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
     async def _close_idle(self) -> None:
         """Connections to nodes that serve none of our channels any more (a demoted
         master, a node whose slots all moved) are closed."""
@@ -290,17 +369,27 @@ class ShardedSubscriptions:
                 await self._drop(link, None)
 
     async def _drop(self, link: _Link, exc: BaseException | None) -> None:
+        """Stop a link's reader (without waiting on it: see `_attempt`) and close it."""
         if link.reader is not None and link.reader is not asyncio.current_task():
             link.reader.cancel()
-            await asyncio.gather(link.reader, return_exceptions=True)
+            if not link.reader.done():
+                self._background(link.reader)
         await self._close_link(link)
 
     @staticmethod
     async def _close_link(link: _Link) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await link.pubsub.aclose()  # type: ignore[no-untyped-call]
-        with contextlib.suppress(RedisError, OSError):
-            await link.client.aclose()
+        """Close a link's connection, without waiting long on a node that is gone."""
+        with contextlib.suppress(RedisError, OSError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await link.pubsub.aclose()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(RedisError, OSError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await link.client.aclose()
+
+
+def _address(node: list[Any]) -> Address:
+    host = node[0].decode() if isinstance(node[0], bytes) else str(node[0])
+    return (host, int(node[1]))
 
 
 class _Redirected(Exception):

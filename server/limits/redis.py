@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from chatcast.server.bus.base import BusUnavailable
 from chatcast.server.limits.base import Limits, digest, new_ticket
@@ -61,7 +61,7 @@ class RedisLimits(Limits):
     async def take(self, key: str, per_s: float, burst: float) -> float:
         try:
             wait_ms = await self._take([f"{self._prefix}rl:{key}"], [per_s, burst])
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             log.warning("rate limit not checked: Redis unavailable (%s)", exc.__class__.__name__)
             return 0.0
         return int(wait_ms) / 1000
@@ -87,5 +87,5 @@ class RedisLimits(Limits):
     async def _call(self, command: Any) -> Any:
         try:
             return await command
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise BusUnavailable(f"Redis unavailable: {exc.__class__.__name__}") from exc

@@ -84,7 +84,20 @@ class RedisCluster:
                         str(self.replicas), "--cluster-yes"], check=True,
                        capture_output=True, timeout=timeout)
         self.wait_ok(timeout=timeout)
+        self._wait_replicas_synced(deadline)
         return self
+
+    def _wait_replicas_synced(self, deadline: float) -> None:
+        """Until every master has its replicas and each replica's link to its master is up
+        (a replica that never synced refuses to take over when its master dies)."""
+        want = len(self.masters()) * self.replicas
+        while True:
+            synced = [n for n in self.nodes if n.running
+                      and "master_link_status:up" in self.cli_run(n.port, "info", "replication")]
+            if len(synced) >= want:
+                return
+            self._check_deadline(deadline, "replicas did not sync with their masters")
+            time.sleep(0.1)
 
     def wait_ok(self, timeout: float = 60.0) -> None:
         """Until every running node says cluster_state:ok and agrees on 3 masters that own
