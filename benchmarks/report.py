@@ -143,7 +143,7 @@ def markdown(res: dict[str, Any]) -> str:
                                  if k != "total")
                 lines.append(f"\nRedis commands, {label} (last run, {r['produced_tokens']} "
                              f"tokens produced): {cmds}; {r['commands_per_token']} commands "
-                             f"and {r['round_trips_per_token']} appends (EVALSHA; one pipeline "
+                             f"and {r['round_trips_per_token']} append calls (EVALSHA; one "
                              "carries all appends of a loop turn) per produced token, "
                              f"{r['round_trips_per_delivered_token']} per delivered token.")
     if "saturation" in sc:

@@ -77,6 +77,10 @@ class RedisCluster:
         deadline = time.monotonic() + timeout
         for node in self.nodes:
             while self.cli_run(node.port, "ping").strip() != "PONG":
+                if node.proc is not None and node.proc.poll() is not None:
+                    # its port was taken meanwhile (by another test's server): another one
+                    node.port = cluster_port()
+                    self._spawn(node)
                 self._check_deadline(deadline, f"node {node.port} did not start")
                 time.sleep(0.05)
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]

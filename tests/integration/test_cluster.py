@@ -220,6 +220,7 @@ async def test_kill_9_of_a_master_mid_stream(cc: Deployment, alice: User) -> Non
     assert await streaming_rows(cc.a) == 0
     for srv in (cc.a, cc.b):
         assert "Traceback" not in srv.logs(), srv.log_tail()
+        assert "2 subscriptions followed their slots" in srv.logs()  # only the two moved
 
 
 async def test_a_live_chats_slot_migrated_streams_go_on_exactly(cc: Deployment,
@@ -241,6 +242,8 @@ async def test_a_live_chats_slot_migrated_streams_go_on_exactly(cc: Deployment,
         assert shard_of(cc.redis, moving) == target
         await check_all_exact(tabs, gens, cc.a)
     assert await streaming_rows(cc.a) == 0
+    for srv in (cc.a, cc.b):  # the listeners were told, and followed the slot
+        assert "1 subscriptions followed their slots" in srv.logs()
 
 
 # -- start-up ------------------------------------------------------------------------------
