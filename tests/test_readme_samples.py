@@ -54,6 +54,8 @@ RUN_BY: dict[str, str] = {
     "chatcast migrate": "tests/test_readme_samples.py::test_deployment",
     "chatcast serve --host 0.0.0.0 --port 8000 --workers":
         "tests/test_readme_samples.py::test_deployment",
+    "export CHATCAST_REDIS_CLUSTER=true":
+        "tests/integration/test_cluster.py::test_the_readme_cluster_settings_with_two_seed_nodes",
     "scrape_configs:":
         "tests/integration/test_dashboard.py::test_every_panel_returns_data_from_a_real_prometheus",
     '<div id="answer"></div>': "tests/test_readme_samples.py::test_browser_client_sample",

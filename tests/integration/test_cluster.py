@@ -7,6 +7,7 @@ REDIS_URL that does not match CHATCAST_REDIS_CLUSTER."""
 from __future__ import annotations
 
 import asyncio
+import shlex
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -295,3 +296,29 @@ async def test_start_up_refuses_a_redis_url_that_does_not_match_the_mode(
                             "127.0.0.1", str(plain.port))
     logs = await refused(server, {"REDIS_URL": replica.url})
     assert "is a replica (read-only): point REDIS_URL at the master" in logs
+
+
+def readme_cluster_line() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    return next(x for x in readme.splitlines() if x.startswith("export CHATCAST_REDIS_CLUSTER="))
+
+
+async def test_the_readme_cluster_settings_with_two_seed_nodes(
+        server: ServerFactory, redis_cluster_session: RedisCluster,
+        make_database: DatabaseFactory) -> None:
+    """The README's Redis Cluster line, as written but for its two example seeds (a master and
+    a replica of this cluster here): chats on every shard stream exactly."""
+    line = readme_cluster_line()
+    env = dict(word.split("=", 1) for word in shlex.split(line.removeprefix("export ")))
+    seeds = env["REDIS_URL"].split(",")
+    assert len(seeds) == 2 and env["CHATCAST_REDIS_CLUSTER"] == "true", line
+    cluster = redis_cluster_session
+    env["REDIS_URL"] = ",".join(cluster.url(cluster.nodes[i].port) for i in (0, 4))
+    srv = await server(env={**env, "DATABASE_URL": make_database("postgresql"),
+                            "CHATCAST_DEMO_TOKENS_PER_S": "50"})
+    async for user in make_user(srv):
+        chats = await chats_on_every_shard(user, cluster, 1)
+        async with await ws_on(srv, user) as tab:
+            for chat in chats:
+                await tab.subscribe(chat)
+            await check_all_exact([tab], await send_all([tab], chats, "seeds"), srv)
