@@ -62,9 +62,11 @@ class Subscriber(Outbox):
 
     # Subscription bookkeeping (driven by the Hub) -------------------------------------
 
-    def open_chat(self, chat: str) -> None:
-        """Start watching `chat`: live events are held until `caught_up`."""
-        self.chats[chat] = ChatCursor()
+    def open_chat(self, chat: str, cursor: Cursor | None = None) -> None:
+        """Start watching `chat` from the client's `cursor` (what it already has is never
+        sent again, even when it is heard live after the catch-up came back empty): live
+        events are held until `caught_up`."""
+        self.chats[chat] = ChatCursor(cursor)
         self._hold(chat)
 
     def hold(self, chat: str) -> bool:
@@ -162,7 +164,7 @@ class Hub:
     async def subscribe(self, sub: Subscriber, chat: str, cursor: Cursor | None) -> None:
         """Live first, then catch up from the cursor; the overlap is de-duplicated by seq."""
         self.attach(sub)
-        sub.open_chat(chat)
+        sub.open_chat(chat, cursor)
         self.chats.setdefault(chat, set()).add(sub)
         try:
             await self._ensure_watch(chat)

@@ -1,6 +1,8 @@
 """Positions in a chat's event stream: where a client is, which events it already has, and
 where it resumes. One rule for every transport:
 
+- a cursor starts where the client says it is: what it already has is a repeat, whether it
+  comes from the catch-up or is heard live only afterwards;
 - `start` opens a generation at seq 0; a positioned event (delta, done) moves to its
   (gen, seq); a `snapshot` moves to the cursor it carries.
 - an event at or below what the client has of its generation is a repeat (replay and live
@@ -57,9 +59,12 @@ class ChatCursor:
 
     __slots__ = ("finished", "position", "seen")
 
-    def __init__(self) -> None:
-        self.seen: dict[str, int] = {}  # gen → last seq delivered
+    def __init__(self, start: Cursor | None = None) -> None:
+        self.seen: dict[str, int] = {}  # gen → last seq delivered (or had by the client)
         self.position: Position | None = None
+        if start is not None and start.gen != NO_GENERATION:
+            self.seen[start.gen] = start.seq
+            self.position = (start.gen, start.seq)
         # gens whose done was delivered; most cursors never need one (an empty set is 216 B)
         self.finished: set[str] | None = None
 

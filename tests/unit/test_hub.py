@@ -121,6 +121,30 @@ async def test_subscribe_merges_catch_up_and_live_without_duplicates() -> None:
     await hub.close()
 
 
+async def test_live_events_the_client_already_has_are_not_sent_after_an_empty_catch_up(
+) -> None:
+    """A long-poll after a snapshot at seq 1: the log has nothing newer yet, while the live
+    copies of the events the snapshot already showed (start, seq 1) arrive only now. They
+    are the client's already: only seq 2 goes out, never merged with seq 1."""
+    bus = MemoryBus()
+
+    async def catch_up(chat: str, cursor: Cursor | None) -> list[Event]:
+        await bus.append(protocol.start("c", "g", "m", "demo", "demo-1"))
+        await bus.append(delta("g", 1, "## "))
+        await bus.append(delta("g", 2, "On "))
+        return []
+
+    hub = Hub(bus, catch_up)
+    await bus.start(hub.on_event, lambda gen: None)
+    sub = Subscriber("poll")
+    await hub.subscribe(sub, "c", Cursor(gen="g", seq=1))
+    batch = await asyncio.wait_for(sub.next_batch(), 1)
+    assert [(e.type, e.seq, e.data.get("text")) for e in batch] == \
+        [("start", 0, None), ("delta", 2, "On ")]
+    hub.drop(sub)
+    await hub.close()
+
+
 def test_many_interleaved_generations_merge_and_barriers_keep_order() -> None:
     sub = Subscriber("test", max_frames=256)
     ready(sub)
