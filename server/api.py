@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, TypeVar
 
-import orjson
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,7 +15,7 @@ from chatcast.core.protocol import Cursor, describe_validation
 from chatcast.core.protocol import start as start_event
 from chatcast.server import client_reports, commands, metrics
 from chatcast.server.hub import Subscriber
-from chatcast.server.responses import OrjsonResponse
+from chatcast.server.responses import OrjsonResponse, json_body
 from chatcast.server.services import Services, services, user_id
 from chatcast.server.transports import poll, sse
 from chatcast.store.models import chat_dict, generation_dict, message_dict
@@ -45,17 +44,7 @@ class RegenerateIn(BaseModel):
 
 
 async def _body(request: Request, model: type[M]) -> M:
-    raw = await request.body()
-    try:
-        data = orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise BadRequest(describe_validation(exc)) from None
+    return await json_body(request, model, describe=describe_validation)
 
 
 def _check_provider(svc: Services, body: ChatIn) -> None:

@@ -9,13 +9,14 @@ import logging
 from typing import Annotated, Any, Literal, get_args
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.requests import Request
 from starlette.responses import Response
 
-from chatcast.core.errors import BadRequest, RateLimited, TooLarge
+from chatcast.core.errors import RateLimited, TooLarge
 from chatcast.server import metrics
 from chatcast.server.logs import redact
+from chatcast.server.responses import json_body
 from chatcast.server.services import Services, services, user_id
 
 log = logging.getLogger("chatcast.client")
@@ -47,19 +48,9 @@ class ClientEventIn(BaseModel):
 
 async def _read(request: Request, model: type[ClientErrorIn] | type[ClientEventIn],
                 svc: Services, user: str) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
+    if len(await request.body()) > MAX_BODY_BYTES:  # read once: Starlette keeps it
         raise TooLarge(f"a report is at most {MAX_BODY_BYTES} bytes")
-    try:
-        data = orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    try:
-        body = model.model_validate(data)
-    except ValidationError as exc:
-        raise BadRequest(_describe(exc)) from None
+    body = await json_body(request, model)
     per_minute = svc.settings.client_reports_per_minute
     if per_minute > 0:
         wait = await svc.limits.take(f"reports:{user}", per_minute / 60, max(per_minute, 1))
@@ -67,12 +58,6 @@ async def _read(request: Request, model: type[ClientErrorIn] | type[ClientEventI
             metrics.RATE_LIMITED.labels("client_reports").inc()
             raise RateLimited(wait)
     return body
-
-
-def _describe(exc: ValidationError) -> str:
-    """`kind: Input should be …; message: …` (the fields named, at most three)."""
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                     for err in exc.errors()[:3])
 
 
 def _detail(detail: dict[str, Any] | str | None) -> str | None:

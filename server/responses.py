@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from chatcast.core.codes import Code
-from chatcast.core.errors import ChatcastError
+from chatcast.core.errors import BadRequest, ChatcastError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class OrjsonResponse(JSONResponse):
@@ -30,3 +35,26 @@ def plain_error(code: Code, message: str, status: int) -> Response:
     """An error body for a refusal that is not a ChatcastError (a framework 404, CSRF)."""
     body = {"code": str(code), "message": message, "retryable": False}
     return OrjsonResponse({"error": body}, status_code=status)
+
+
+def describe_fields(exc: ValidationError) -> str:
+    """`kind: Input should be …; message: …` (the fields named, at most three)."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                     for err in exc.errors()[:3])
+
+
+async def json_body(request: Request, model: type[M], *,
+                    describe: Callable[[ValidationError], str] = describe_fields) -> M:
+    """The request's JSON object body as `model` (an empty body is `{}`); anything else is a
+    BadRequest that says what is wrong."""
+    raw = await request.body()
+    try:
+        data = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(describe(exc)) from None
