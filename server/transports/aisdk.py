@@ -52,10 +52,9 @@ from chatcast.server.aisdk_turns import (
     stop_chat,
 )
 from chatcast.server.hub import Subscriber
-from chatcast.server.limits import TokenBucket
 from chatcast.server.responses import OrjsonResponse
 from chatcast.server.services import Services, services, user_id
-from chatcast.server.transports.admission import admit_websocket, release, retry_after_reason
+from chatcast.server.transports.admission import admit_websocket, read_frames, release
 
 log = logging.getLogger("chatcast.aisdk")
 
@@ -340,24 +339,9 @@ class _WsConnection:
                 frames.inc()
 
     async def _read(self) -> tuple[int, str] | None:
-        settings = self.svc.settings
-        bucket = TokenBucket(settings.ws_frames_per_s, settings.ws_frame_burst)
-        while True:
-            idle = settings.ws_idle_timeout_s if not self.requests and \
-                settings.ws_idle_timeout_s > 0 else None
-            try:
-                async with asyncio.timeout(idle):
-                    message = await self.ws.receive()
-            except TimeoutError:
-                return Close.GOING_AWAY, "idle: no requests"
-            if message["type"] == "websocket.disconnect":
-                return None
-            wait = bucket.take()
-            if wait > 0:
-                metrics.RATE_LIMITED.labels("frames").inc()
-                return Close.RATE_LIMITED, retry_after_reason(max(wait, 1.0))
-            raw = message.get("text") or message.get("bytes") or b""
-            self._handle(raw)
+        return await read_frames(self.ws, self.svc, idle=lambda: not self.requests,
+                                 idle_reason="idle: no requests", handle=self._handle,
+                                 user=self.user)
 
     def _handle(self, raw: str | bytes) -> None:
         try:

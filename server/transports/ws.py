@@ -24,9 +24,8 @@ from chatcast.core.protocol import (
 from chatcast.server import commands, metrics
 from chatcast.server.asgi_internals import frame_writer, release_handshake
 from chatcast.server.hub import Subscriber
-from chatcast.server.limits import TokenBucket
 from chatcast.server.services import Services, services
-from chatcast.server.transports.admission import admit_websocket, release, retry_after_reason
+from chatcast.server.transports.admission import admit_websocket, read_frames, release
 
 log = logging.getLogger("chatcast.ws")
 
@@ -129,41 +128,26 @@ async def _write(ws: WebSocket, sub: Subscriber, send: asgi.Send | None) -> None
 
 async def _read_frames(ws: WebSocket, sub: Subscriber, svc: Services,
                        user: str) -> tuple[int, str] | None:
-    settings = svc.settings
-    bucket = TokenBucket(settings.ws_frames_per_s, settings.ws_frame_burst)
-    while True:
-        # A socket that watches no chat and sends nothing for the idle timeout is closed
-        # with 1001 (a real client reconnects when it needs to; an idle one costs nothing).
-        idle = settings.ws_idle_timeout_s if not sub.chats and \
-            settings.ws_idle_timeout_s > 0 else None
-        try:
-            async with asyncio.timeout(idle):
-                message = await ws.receive()
-        except TimeoutError:
-            return Close.GOING_AWAY, "idle: no frames and no subscriptions"
-        if message["type"] == "websocket.disconnect":
-            return None
-        wait = bucket.take()
-        if wait > 0:
-            log.warning("websocket rate limited", extra={"user": user})
-            metrics.RATE_LIMITED.labels("frames").inc()
-            return Close.RATE_LIMITED, retry_after_reason(max(wait, 1.0))
-        raw = message.get("text")
-        if raw is None:
-            raw = message.get("bytes") or b""
-        rid: str | None = None
-        try:
-            req = protocol.parse_request(raw)
-            rid = req.rid
-            reply = await _handle(req, sub, svc, user)
-        except ChatcastError as exc:
-            sub.push(protocol.error(exc, getattr(exc, "rid", None) or rid))
-            continue
-        except Exception:
-            log.exception("request failed")
-            sub.push(protocol.error(ChatcastError("internal error", code=Code.INTERNAL), rid))
-            continue
-        sub.push(reply)
+    return await read_frames(ws, svc, idle=lambda: not sub.chats, user=user,
+                             idle_reason="idle: no frames and no subscriptions",
+                             handle=lambda raw: _answer(raw, sub, svc, user))
+
+
+async def _answer(raw: str | bytes, sub: Subscriber, svc: Services, user: str) -> None:
+    """One request frame: its reply (or error) goes to the socket's outbox."""
+    rid: str | None = None
+    try:
+        req = protocol.parse_request(raw)
+        rid = req.rid
+        reply = await _handle(req, sub, svc, user)
+    except ChatcastError as exc:
+        sub.push(protocol.error(exc, getattr(exc, "rid", None) or rid))
+        return
+    except Exception:
+        log.exception("request failed")
+        sub.push(protocol.error(ChatcastError("internal error", code=Code.INTERNAL), rid))
+        return
+    sub.push(reply)
 
 
 async def _handle(req: Request, sub: Subscriber, svc: Services, user: str) -> protocol.Event:
