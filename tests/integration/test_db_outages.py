@@ -93,9 +93,13 @@ def bus(request: pytest.FixtureRequest) -> str:
 
 
 @contextlib.asynccontextmanager
-async def two_tabs(d: Deployment, user: User) -> AsyncIterator[tuple[WSClient, WSClient]]:
+async def two_tabs(d: Deployment, user: User,
+                   chat: str) -> AsyncIterator[tuple[WSClient, WSClient]]:
+    """Two tabs of `user` on `chat`, one on each process (one process: both on it)."""
     async with await WSClient.connect(d.a.ws_url, cookie=user.cookie) as tab1, \
             await WSClient.connect(d.b.ws_url, cookie=user.cookie) as tab2:
+        await tab1.subscribe(chat)
+        await tab2.subscribe(chat)
         yield tab1, tab2
 
 
@@ -174,9 +178,7 @@ async def outage_over_the_end(d: Deployment, user: User, outage_s: float,
     """Crash PostgreSQL after the first delta, keep it down `outage_s`, and check both
     tabs and SQL. Returns the seconds from the database back to the tabs' `done`."""
     chat = await user.new_chat()
-    async with two_tabs(d, user) as (tab1, tab2):
-        await tab1.subscribe(chat)
-        await tab2.subscribe(chat)
+    async with two_tabs(d, user, chat) as (tab1, tab2):
         ack = await tab1.request({"type": "send", "chat": chat, "content": echo(words)})
         gen = ack["gen"]
         await tab2.wait_for("delta", of(gen), timeout=30)
@@ -236,9 +238,7 @@ async def test_outage_at_the_start_refuses_the_send_and_writes_nothing(
     d = await deploy(server, private_pg, redis_server, bus)
     async for user in make_user(d.a):
         chat = await user.new_chat()
-        async with two_tabs(d, user) as (tab1, tab2):
-            await tab1.subscribe(chat)
-            await tab2.subscribe(chat)
+        async with two_tabs(d, user, chat) as (tab1, tab2):
             await d.pg.acrash()
             await assert_refused_while_down(d, user, chat, tab1)
             await d.pg.astart()
@@ -272,9 +272,7 @@ async def test_postgres_restarted_twice_during_one_answer(
     d = await deploy(server, private_pg, redis_server, bus)
     async for user in make_user(d.a):
         chat = await user.new_chat()
-        async with two_tabs(d, user) as (tab1, tab2):
-            await tab1.subscribe(chat)
-            await tab2.subscribe(chat)
+        async with two_tabs(d, user, chat) as (tab1, tab2):
             # 15 s of answer: two crashes and restarts fit in, also when PostgreSQL is slow
             # to start on a loaded machine.
             ack = await tab1.request({"type": "send", "chat": chat, "content": echo(300)})
@@ -309,9 +307,7 @@ async def test_shutdown_during_an_outage_hands_over_or_says_what_is_lost(
     d = await deploy(server, private_pg, redis_server, bus)
     async for user in make_user(d.a):
         chat = await user.new_chat()
-        async with two_tabs(d, user) as (tab1, tab2):
-            await tab1.subscribe(chat)
-            await tab2.subscribe(chat)
+        async with two_tabs(d, user, chat) as (tab1, tab2):
             ack = await tab1.request({"type": "send", "chat": chat, "content": echo(60)})
             gen = ack["gen"]
             await tab2.wait_for("delta", of(gen), timeout=30)
@@ -351,9 +347,7 @@ async def test_owner_killed_while_saving_is_saved_completed_by_the_other_process
     d = await deploy(server, private_pg, redis_server, "redis")
     async for user in make_user(d.a):
         chat = await user.new_chat()
-        async with two_tabs(d, user) as (tab1, tab2):
-            await tab1.subscribe(chat)
-            await tab2.subscribe(chat)
+        async with two_tabs(d, user, chat) as (tab1, tab2):
             ack = await tab1.request({"type": "send", "chat": chat, "content": echo(60)})
             gen = ack["gen"]
             await tab2.wait_for("delta", of(gen), timeout=30)
