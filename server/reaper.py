@@ -13,7 +13,8 @@ killed while it waited still ends with the right status)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+import time
+from collections.abc import Callable, Container
 
 from chatcast.core.protocol import Event
 from chatcast.server.bus.base import BusUnavailable, GenerationLog, Leases
@@ -29,21 +30,43 @@ log = logging.getLogger("chatcast.reaper")
 
 class Reaper:
     def __init__(self, repo: Repo, logs: GenerationLog, leases: Leases,
-                 local: Container[str]) -> None:
+                 local: Container[str], *, grace_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.repo = repo
         self.logs = logs
         self.leases = leases
         self.local = local  # generations this process runs itself
-        self._missing: set[str] = set()  # gens whose lease was missing at the last check
+        #: How long a lease must have been missing, on every sweep since, before its
+        #: generation is reaped (L/3 in a server: two lease ticks).
+        self.grace_s = grace_s
+        self._clock = clock
+        #: Gens whose lease was missing at the last sweep, and since when (on every sweep).
+        self._missing: dict[str, float] = {}
+        self._last_sweep: float | None = None
         #: Told of every generation this sweep ended (server/hooks.py); must not wait.
         self.on_end: EndHook = no_hook
 
     async def sweep(self) -> int:
-        """Interrupt active generations whose owner's lease is gone on two sweeps in a row
-        (a living owner re-creates a lease lost with Redis before the second). Raises
-        BusUnavailable or StorageUnavailable while either is down (nothing is reaped)."""
+        """Interrupt active generations whose owner's lease has been gone for `grace_s` at
+        least, on every sweep since it was first seen gone, and on two sweeps in a row at
+        least. Raises BusUnavailable or StorageUnavailable while either is down (nothing is
+        reaped).
+
+        The rule: a living owner refreshes its leases every L/6, each shard's within 3/4 of
+        that, shard by shard, so a lease that lapsed or was lost while its shard could not
+        be reached (a Redis restart, a Redis Cluster failover: node timeout + election, a
+        few seconds) is back within 1.75 * L/6 of the shard answering again. The sweep
+        waits 2 * L/6 from the first sweep that found the lease missing (which the shard
+        answered) before it reaps. A sweep that could not finish (the bus or the database
+        unavailable) confirms nothing: the generations it did not reach start over. So do
+        all of them when the previous sweep was more than twice `grace_s` ago (this
+        process did not lead the cleanup meanwhile: what it saw then is stale)."""
         reaped = 0
-        missing, self._missing = self._missing, set()
+        now = self._clock()
+        missing, self._missing = self._missing, {}
+        if self._last_sweep is not None and now - self._last_sweep > 2 * self.grace_s > 0:
+            missing = {}
+        self._last_sweep = now
         for gen in await self.repo.active_generations():
             if gen.id in self.local:
                 continue
@@ -51,8 +74,9 @@ class Reaper:
             # nothing is reaped while the bus is down.
             if await self.leases.lease_owner(gen.id, chat=gen.chat_id) is not None:
                 continue
-            if gen.id not in missing:
-                self._missing.add(gen.id)  # confirm on the next sweep
+            since = missing.get(gen.id)
+            if since is None or now - since < self.grace_s:
+                self._missing[gen.id] = now if since is None else since  # confirm later
                 continue
             # A living owner cannot add text after this.
             await self.logs.seal(gen.id, chat=gen.chat_id)

@@ -84,6 +84,10 @@ FINAL_WRITE_BACKOFF = Backoff(base_s=0.2, max_s=5.0, jitter=0.5)
 #: Bus tries for the `done` that hands an unsaved answer over at shutdown (shutdown cannot
 #: wait for long).
 HANDOVER_ATTEMPTS = 3
+#: The share of a tick (L/6) one shard's lease refresh may take: it ends before the next
+#: round is due, and a living owner's lease that lapsed is back within 1.75 ticks of its
+#: shard answering again, before the sweep can reap it (two ticks, see `Reaper`).
+LEASE_REFRESH_SHARE = 0.75
 
 
 @dataclass(slots=True)
@@ -148,7 +152,8 @@ class Runner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._starts: set[asyncio.Future[Started]] = set()
         self.outages = Outages()
-        self.reaper = Reaper(repo, bus, bus, self.running)
+        self.reaper = Reaper(repo, bus, bus, self.running,
+                             grace_s=settings.lease_ttl_s / 3)
         self._checkpoints: asyncio.Task[None] | None = None
         # Orders checkpoints before final writes (a late checkpoint never overwrites them).
         self._write_lock = asyncio.Lock()
@@ -711,28 +716,72 @@ class Runner:
         """Keep this process's leases alive and reap other processes' dead generations
         (only while `may_reap()` says so: one process of a deployment sweeps at a time).
 
-        Leases live L/2 (L = lease_ttl_s) and are refreshed every L/6, independently of
-        token flow. A generation is reaped only when its lease is missing on two checks in a
-        row, so a lease lost with a restarted Redis is re-created by its living owner first;
-        a dead owner's generation is still reaped within L (L/2 + 2 * L/6)."""
+        Leases live L/2 (L = lease_ttl_s). They are refreshed every L/6 (a tick) on a fixed
+        schedule of their own, independently of token flow and of the sweep, shard by shard
+        (`Leases.lease_shard`): each shard's refresh is bounded by `LEASE_REFRESH_SHARE` of a
+        tick, so one shard that cannot be reached (a Redis Cluster master that died, before
+        its replica takes over) delays the leases of no other shard. The sweep (every tick
+        after the previous one) reaps a generation only when its lease has been missing for
+        two ticks (L/3) on every sweep since (`Reaper`): a living owner re-creates a lease
+        lost with a restarted Redis, lapsed or lost in a failover within one tick plus one
+        bounded refresh (L/6 + 3/4 * L/6) of reaching the shard again, before that. A dead
+        owner's generation is still reaped within L: its lease lapses within L/2, a sweep
+        sees it missing within a tick, and reaps it two ticks later."""
         tick = self.settings.lease_ttl_s / 6
+        leases = asyncio.get_running_loop().create_task(self._keep_leases(tick),
+                                                        name="runner-leases")
+        try:
+            while True:
+                await asyncio.sleep(tick)
+                await self._maintain_once(may_reap)
+        finally:
+            leases.cancel()
+            await asyncio.gather(leases, return_exceptions=True)
+
+    async def _keep_leases(self, tick: float) -> None:
+        """Refresh every lease once a tick, on a fixed schedule (a slow round does not push
+        the next one back)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(tick)
-            await self._maintain_once(may_reap)
+            due += tick
+            await asyncio.sleep(max(due - loop.time(), 0.0))
+            due = max(due, loop.time() - tick)  # far behind (a stalled loop): no burst
+            with self.outages.tick("lease refresh round"):
+                await self.refresh_leases(tick * LEASE_REFRESH_SHARE)
+
+    async def refresh_leases(self, timeout_s: float) -> None:
+        """One round of lease refreshes: the leases of each shard together, every shard at
+        once, each shard's given `timeout_s`. A shard that fails or does not answer in time
+        is reported (an outage, or a bug with its traceback) and costs no other shard its
+        refresh; its leases are tried again next round."""
+        shards: dict[str, dict[str, str]] = {}
+        for r in list(self.running.values()):
+            shard = self.bus.lease_shard(r.gen.id, chat=r.chat_id)
+            shards.setdefault(shard, {})[r.gen.id] = r.chat_id
+        if shards:
+            await asyncio.gather(*(self._refresh_shard(shard, leases, timeout_s)
+                                   for shard, leases in shards.items()))
+
+    async def _refresh_shard(self, shard: str, leases: dict[str, str], timeout_s: float) -> None:
+        with self.outages.tick("lease refresh"):
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self.bus.refresh_leases(leases, self.settings.lease_ttl_s / 2)
+            except TimeoutError as exc:
+                raise BusUnavailable(f"no answer to the lease refresh of {len(leases)} "
+                                     f"generations within {timeout_s:.2f} s"
+                                     f"{f' ({shard})' if shard else ''}") from exc
 
     async def _maintain_once(self, may_reap: Callable[[], Awaitable[bool]] | None) -> None:
-        """One round of `maintain`. Nothing in it may end the loop: a failed lease refresh
-        or sweep is reported (an outage once, a bug with its traceback) and the next round
+        """One round of the sweep side of `maintain`. Nothing in it may end the loop: a failed
+        sweep is reported (an outage once, a bug with its traceback) and the next round
         comes as usual."""
         with self.outages.tick("outage probe"):
             await self._probe_outages()
         # The bus is back when its ping says so (commands and live delivery both work),
         # not when one command worked: that would end an outage while the listener still
         # reconnects, and /readyz would start another.
-        for running in list(self.running.values()):
-            with self.outages.tick("lease refresh"):
-                await self.bus.refresh_lease(running.gen.id, self.settings.lease_ttl_s / 2,
-                                             chat=running.chat_id)
         lead = False
         with self.outages.tick("cleanup lock"):
             lead = may_reap is None or await may_reap()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 
 from chatcast.core.codes import Code
 from chatcast.core.errors import ChatcastError
@@ -137,6 +137,19 @@ class Leases(ABC):
     @abstractmethod
     async def refresh_lease(self, gen: str, ttl_s: float, *, chat: str) -> None:
         """Claim or extend this process's lease on `gen`."""
+
+    def lease_shard(self, gen: str, *, chat: str) -> str:
+        """Which part of the backend holds `gen`'s lease (a Redis Cluster node). Leases on
+        different parts are refreshed independently, so one part that cannot be reached
+        delays the refresh of no other. One part here."""
+        return ""
+
+    async def refresh_leases(self, leases: Mapping[str, str], ttl_s: float) -> None:
+        """Claim or extend this process's leases on several generations (gen → chat) of one
+        part (`lease_shard`) at once; raises as `refresh_lease` does (then some may have
+        been refreshed)."""
+        for gen, chat in leases.items():
+            await self.refresh_lease(gen, ttl_s, chat=chat)
 
     @abstractmethod
     async def lease_owner(self, gen: str, *, chat: str) -> str | None:

@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -406,6 +407,13 @@ class RedisBus(Bus):
     async def refresh_lease(self, gen: str, ttl_s: float, *, chat: str) -> None:
         await self._call(self._redis.set(self._key(chat, gen, "lease"), self.owner,
                                          px=max(int(ttl_s * 1000), 1)))
+
+    async def refresh_leases(self, leases: Mapping[str, str], ttl_s: float) -> None:
+        """One round trip for all of them (one Redis: one part)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for gen, chat in leases.items():
+            pipe.set(self._key(chat, gen, "lease"), self.owner, px=max(int(ttl_s * 1000), 1))
+        await self._call(pipe.execute())
 
     async def lease_owner(self, gen: str, *, chat: str) -> str | None:
         owner = await self._call(self._redis.get(self._key(chat, gen, "lease")))

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -303,6 +303,25 @@ class RedisClusterBus(RedisBus):
         await self._call(self._stop_script(
             [self._key(chat, gen, "stop")],
             [STOP_KEY_TTL_S, self._chat_channel(chat), STOP_MESSAGE + gen.encode()]))
+
+    # Leases ------------------------------------------------------------------------------
+
+    def lease_shard(self, gen: str, *, chat: str) -> str:
+        """The node serving the chat's slot, as this process's slot map has it."""
+        try:
+            return str(self._redis.get_node_from_key(self._key(chat, gen, "lease")).name)
+        except TRANSIENT:  # no map yet, or the slot is not covered now
+            return ""
+
+    async def refresh_leases(self, leases: Mapping[str, str], ttl_s: float) -> None:
+        """Each lease on its own (their keys are in different slots), all at once; the first
+        failure is raised once every one has been tried."""
+        outcomes = await asyncio.gather(
+            *(self.refresh_lease(gen, ttl_s, chat=chat) for gen, chat in leases.items()),
+            return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _hold(self, chat: str, gen: str) -> None:
         """Listen to `chat` while this process runs `gen` (for its stop requests). If the

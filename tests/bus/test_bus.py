@@ -331,6 +331,25 @@ async def test_refresh_extends_a_lease(bus: BusProbe, peer: BusProbe) -> None:
     assert await peer.bus.lease_owner(kept, chat=chat) == bus.bus.owner
 
 
+async def test_leases_refreshed_together_shard_by_shard(bus: BusProbe, peer: BusProbe) -> None:
+    """`refresh_leases` claims every lease of a shard at once (one Redis: one shard, one
+    round trip; a Redis Cluster: one shard per master serving the chats)."""
+    leases = {new_id(): new_id() for _ in range(40)}  # gen → chat, chats on every shard
+    shards: dict[str, dict[str, str]] = {}
+    for gen, chat in leases.items():
+        shards.setdefault(bus.bus.lease_shard(gen, chat=chat), {})[gen] = chat
+    stats: dict[str, int] = getattr(bus.bus, "stats", {"round_trips": 0})
+    before = stats["round_trips"]
+    for group in shards.values():
+        await bus.bus.refresh_leases(group, 30.0)
+    for gen, chat in leases.items():
+        assert await peer.bus.lease_owner(gen, chat=chat) == bus.bus.owner
+    cluster = type(bus.bus).__name__ == "RedisClusterBus"
+    assert len(shards) == (3 if cluster else 1)
+    if type(bus.bus).__name__ == "RedisBus":
+        assert stats["round_trips"] - before == 1
+
+
 async def test_owners_are_distinct_per_bus(make_bus: BusFactory) -> None:
     one, two = await make_bus(), await make_bus()
     assert one.bus.owner and two.bus.owner and one.bus.owner != two.bus.owner

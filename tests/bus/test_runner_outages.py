@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -233,16 +233,16 @@ async def test_maintenance_survives_an_unexpected_error_in_the_lease_refresh(
     ended the task, and with it every lease refresh and orphan sweep of the process."""
     w = world
     gen = await w.start()
-    real = w.bus.refresh_lease
+    real = w.bus.refresh_leases
     calls: list[str] = []
 
-    async def refresh(g: str, ttl_s: float, *, chat: str) -> None:
-        calls.append(g)
+    async def refresh(leases: Mapping[str, str], ttl_s: float) -> None:
+        calls.extend(leases)
         if len(calls) <= 2:
             raise RuntimeError("unexpected reply from the bus")
-        await real(g, ttl_s, chat=chat)
+        await real(leases, ttl_s)
 
-    monkeypatch.setattr(w.bus, "refresh_lease", refresh)
+    monkeypatch.setattr(w.bus, "refresh_leases", refresh)
     sweeps: list[int] = []
     real_sweep = w.runner.reaper.sweep
 
