@@ -72,7 +72,7 @@ from chatcast.server.bus.redis import (
     pairs,
     redacted_url,
 )
-from chatcast.server.bus.redis_internals import refresh_slot_map
+from chatcast.server.bus.redis_internals import CLOSED_UNDER, refresh_slot_map
 from chatcast.server.bus.redis_shards import ShardedSubscriptions
 
 log = logging.getLogger("chatcast.bus")
@@ -80,8 +80,8 @@ log = logging.getLogger("chatcast.bus")
 #: What a cluster answers while slots move or a failover is under way: try again soon.
 REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError, MasterDownError,
              ClusterError, SlotNotCoveredError)
-# (uvloop raises RuntimeError for a write on a transport that closed under redis-py.)
-TRANSIENT = (*_DOWN, *REDIRECTS, RedisClusterException, RuntimeError)
+# (A command whose connection redis-py closed under it: see redis_internals.CLOSED_UNDER.)
+TRANSIENT = (*_DOWN, *REDIRECTS, RedisClusterException, *CLOSED_UNDER)
 #: Tries of a batch of appends whose node failed (the map is read again before each).
 APPEND_TRIES = 3
 FUNCTION_LIBRARY = "chatcast"

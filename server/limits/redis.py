@@ -19,9 +19,14 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from chatcast.server.bus.base import BusUnavailable
+from chatcast.server.bus.redis_internals import CLOSED_UNDER
 from chatcast.server.limits.base import Limits, digest, new_ticket
 
 log = logging.getLogger("chatcast.limits")
+
+#: Redis cannot serve the call now (on a Redis Cluster also a connection redis-py closed
+#: under the command during a failover: redis_internals.CLOSED_UNDER).
+_DOWN = (RedisError, RedisClusterException, OSError, *CLOSED_UNDER)
 
 # KEYS: bucket. ARGV: per second, burst. Returns milliseconds to wait (0 = token taken).
 _TAKE = """
@@ -61,7 +66,7 @@ class RedisLimits(Limits):
     async def take(self, key: str, per_s: float, burst: float) -> float:
         try:
             wait_ms = await self._take([f"{self._prefix}rl:{key}"], [per_s, burst])
-        except (RedisError, RedisClusterException, OSError) as exc:
+        except _DOWN as exc:
             log.warning("rate limit not checked: Redis unavailable (%s)", exc.__class__.__name__)
             return 0.0
         return int(wait_ms) / 1000
@@ -87,5 +92,5 @@ class RedisLimits(Limits):
     async def _call(self, command: Any) -> Any:
         try:
             return await command
-        except (RedisError, RedisClusterException, OSError) as exc:
+        except _DOWN as exc:
             raise BusUnavailable(f"Redis unavailable: {exc.__class__.__name__}") from exc
