@@ -265,8 +265,13 @@ async def _fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gen
                      tabs: int, rate: float, warmup_s: float = 1.5, window_s: float = 5.0,
                      stagger_s: float = 1.0, connect_limit: int = 64,
                      slow_tab: Callable[[], int] | None = None,
-                     drain_timeout_s: float = 30.0) -> RunResult:
+                     drain_timeout_s: float = 30.0,
+                     side_cpu: dict[str, Callable[[], float]] | None = None) -> RunResult:
     """One fan-out run (see the module docstring).
+
+    `side_cpu` names other CPU-second counters read at the window's ends like the server's
+    (e.g. the redis-server processes): `extra["side_cpu"]` gets each one's seconds, share
+    of one core and µs per delivered frame over the window.
 
     With `slow_tab` (a function giving the server's resident memory), one more tab watches
     every chat of the run through a small receive buffer and stops reading when the window
@@ -307,12 +312,15 @@ async def _fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gen
     window.start = wall_send + stagger_s + warmup_s
     window.end = window.start + window_s
     await asyncio.sleep(max(0.0, window.start - time.time()))
+    side = side_cpu or {}
+    side0 = {name: read() for name, read in side.items()}
     cpu0, lg0, w0 = cpu_of_server(), time.process_time(), time.time()
     extra: dict[str, Any] = {}
     if slow is not None and slow_tab is not None:
         extra = await _slow_consumer(slow, slow_tab, window.end)
     await asyncio.sleep(max(0.0, window.end - time.time()))
     cpu1, lg1, w1 = cpu_of_server(), time.process_time(), time.time()
+    side1 = {name: read() for name, read in side.items()}
     for ack in acks:
         reply = await asyncio.wait_for(ack, drain_timeout_s)
         if reply["type"] == "error":
@@ -345,6 +353,13 @@ async def _fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gen
     span = w1 - w0
     cpu = cpu1 - cpu0
     extra["tokens_per_gen"] = n_tokens
+    if side:
+        extra["side_cpu"] = {
+            name: {"cpu_s": round(side1[name] - side0[name], 3),
+                   "util": round((side1[name] - side0[name]) / span, 3),
+                   "us_per_frame": round((side1[name] - side0[name])
+                                         / max(window.frames, 1) * 1e6, 2)}
+            for name in side}
     return RunResult(
         gens=gens, tabs=tabs, rate=rate, window_s=round(span, 3), frames=window.frames,
         tokens=window.tokens, frames_per_s=round(window.frames / span, 1),

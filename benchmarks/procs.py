@@ -129,7 +129,10 @@ def start_baseline(rate: float, cpu: str | None, log: Path) -> Server:
 
 def start_chatcast(label: str, data_dir: Path, *, processes: int = 1, rate: float,
                    redis_url: str | None, cpu: str | None, log: Path,
-                   extra: dict[str, str] | None = None, db_url: str | None = None) -> Server:
+                   extra: dict[str, str] | None = None, db_url: str | None = None,
+                   process_env: list[dict[str, str]] | None = None) -> Server:
+    """`processes` chatcast processes on one database; process i also gets `process_env[i]`
+    (e.g. its own Redis Cluster seed node in REDIS_URL)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {"CHATCAST_DATA_DIR": str(data_dir), "CHATCAST_SECRET_KEY": "bench",
            "CHATCAST_DEMO_TOKENS_PER_S": str(rate), "CHATCAST_DEMO_TIMESTAMPS": "true",
@@ -143,11 +146,12 @@ def start_chatcast(label: str, data_dir: Path, *, processes: int = 1, rate: floa
     subprocess.run([sys.executable, "-m", "chatcast.server.cli", "migrate"], env=full, cwd=data_dir,
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = Server("chatcast", label)
-    for _ in range(processes):
+    for i in range(processes):
         port = free_port()
         cmd = [sys.executable, "-m", "chatcast.server.cli", "serve", "--port", str(port)]
+        own = {**full, **process_env[i]} if process_env else full
         with log.open("ab") as out:
-            server.procs.append(subprocess.Popen(pinned(cpu, cmd), env=full, cwd=data_dir,
+            server.procs.append(subprocess.Popen(pinned(cpu, cmd), env=own, cwd=data_dir,
                                                  stdout=out, stderr=subprocess.STDOUT))
         server.ports.append(port)
     for port in server.ports:
