@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import loadgen, procs, wholejob
+from benchmarks import cluster, loadgen, procs, wholejob
+from tests.helpers.redis_cluster import RedisCluster
 
 
 @pytest.fixture
@@ -64,3 +65,26 @@ async def test_whole_job_tabs_assemble_exact_text(system: str, request: pytest.F
     assert result["completed"] == result["tabs"] == sum(a.tabs for a in TINY_JOB.schedule())
     assert result["tokens"] == result["expected_tokens"]
     assert result["longest_stall_ms"] >= 0
+
+
+async def test_cluster_bus_two_processes_tabs_assemble_exact_text(
+        redis_cluster_session: RedisCluster, tmp_path: Path) -> None:
+    """The cluster benchmark's system in miniature: two chatcast processes in cluster mode,
+    seeded with different nodes (a master, a replica of another shard), tabs on both; every
+    tab assembles exactly its reply, and the redis-server processes' CPU is read."""
+    nodes = cluster.Cluster(redis_cluster_session)
+    seeds = nodes.seeds(2)
+    assert len(set(seeds)) == 2
+    server = cluster.start_on_cluster("smoke", tmp_path / "data", nodes, processes=2,
+                                      rate=200, cpu=None, log=tmp_path / "chatcast.log")
+    try:
+        result = await loadgen.fanout_run(
+            loadgen.Target(server.kind, server.ports), server.cpu, gens=6, tabs=2, rate=200,
+            warmup_s=0.2, window_s=0.5, stagger_s=0.2, drain_timeout_s=20,
+            side_cpu={"redis": nodes.cpu})
+    finally:
+        server.stop()
+    assert result.correct, result.problems
+    assert result.completed == 12
+    assert result.frames > 0
+    assert set(result.extra["side_cpu"]["redis"]) == {"cpu_s", "util", "us_per_frame"}
