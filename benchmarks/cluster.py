@@ -233,7 +233,7 @@ class ClusterBench:
 
     async def sweep(self) -> dict[str, Any]:
         rate, tabs = 50.0, 3
-        steps = [50, 100, 150] if self.args.quick else [100, 150, 200, 250, 300, 400]
+        steps = [50, 100, 150] if self.args.quick else [50, 100, 150, 200, 300, 400]
         off = {"CHATCAST_COALESCE_MAX_MS": "0"}  # one frame per token: raw frame capacity
         servers = {label: self.start(label, rate=rate, extra=off) for label in SWEEP_SYSTEMS}
         points: dict[str, list[dict[str, Any]]] = {label: [] for label in SWEEP_SYSTEMS}
