@@ -233,7 +233,7 @@ class ClusterBench:
 
     async def sweep(self) -> dict[str, Any]:
         rate, tabs = 50.0, 3
-        steps = [50, 100, 150] if self.args.quick else [50, 100, 150, 200, 300, 400]
+        steps = [50, 100, 150] if self.args.quick else [50, 75, 100, 150, 200, 300]
         off = {"CHATCAST_COALESCE_MAX_MS": "0"}  # one frame per token: raw frame capacity
         servers = {label: self.start(label, rate=rate, extra=off) for label in SWEEP_SYSTEMS}
         points: dict[str, list[dict[str, Any]]] = {label: [] for label in SWEEP_SYSTEMS}
@@ -265,7 +265,7 @@ class ClusterBench:
                           f"p99 {r.lateness_ms['p99']} ms, servers {r.server_cpu_util}, Redis "
                           f"{side['redis']['util']}, core0 {side['core0']['util']} core1 "
                           f"{side['core1']['util']}, correct={r.correct}", flush=True)
-                    if r.lateness_ms["p99"] > LIMIT_MS or r.server_cpu_util > 0.97:
+                    if not within(points[label][-1]) or r.server_cpu_util > 0.97:
                         going.discard(label)
                 if not going:
                     break
@@ -275,12 +275,22 @@ class ClusterBench:
             self.flush()
         out: dict[str, Any] = {"rate": rate, "tabs": tabs, "limit_ms": LIMIT_MS, "systems": {}}
         for label, pts in points.items():
-            ok = [p for p in pts if p["lateness_ms"]["p99"] <= LIMIT_MS and p["correct"]]
-            best = max(ok, key=lambda p: p["frames_per_s"], default=None)
-            out["systems"][label] = {"points": pts, "best": best,
-                                     "max_frames_per_s": best["frames_per_s"] if best else 0.0,
-                                     "saturated": saturated(pts)}
+            ok = [p for p in pts if within(p) and p["correct"]]
+            best = max(ok, key=lambda p: p["tokens_per_s"], default=None)
+            out["systems"][label] = {
+                "points": pts, "best": best,
+                "max_frames_per_s": best["frames_per_s"] if best else 0.0,
+                "max_tokens_per_s": best["tokens_per_s"] if best else 0.0,
+                "saturated": saturated(pts)}
         return out
+
+
+def within(point: dict[str, Any]) -> bool:
+    """Kept up: p99 lateness within the limit and at least 95 % of the offered tokens
+    delivered in the window (lateness alone misses generations that started late: each
+    one's schedule is estimated from its own first frame)."""
+    return bool(point["lateness_ms"]["p99"] <= LIMIT_MS
+                and point["tokens_per_s"] >= 0.95 * point["offered_frames_per_s"])
 
 
 def saturated(points: list[dict[str, Any]]) -> str:
@@ -289,7 +299,7 @@ def saturated(points: list[dict[str, Any]]) -> str:
     if not points:
         return "not measured"
     last = points[-1]
-    if last["lateness_ms"]["p99"] <= LIMIT_MS and last["server_cpu_util"] <= 0.97:
+    if within(last) and last["server_cpu_util"] <= 0.97:
         return "nothing: the sweep's last step stayed within the limit"
     figures = (f"at {last['gens']} generations: core 0 {last['core0_busy']:.0%} busy, "
                f"chatcast's own share {last['server_cpu_util']:.0%}; core 1 "
@@ -297,11 +307,11 @@ def saturated(points: list[dict[str, Any]]) -> str:
                f"generator {last['loadgen_cpu_util']:.0%}")
     if last["server_cpu_util"] >= 0.9:
         which = "chatcast's core (core 0)"
-    elif last["core0_busy"] >= 0.95 and last["core1_busy"] >= 0.95:
+    elif last["core0_busy"] >= 0.9 and last["core1_busy"] >= 0.9:
         which = "the machine: both cores full, much of them with other work"
-    elif last["core0_busy"] >= 0.95:
+    elif last["core0_busy"] >= 0.9:
         which = "core 0, partly with other work"
-    elif last["core1_busy"] >= 0.95:
+    elif last["core1_busy"] >= 0.9:
         which = "core 1 (Redis and the load generator, and other work)"
     else:
         which = "no core was full: lateness passed the limit with CPU to spare"
@@ -383,25 +393,33 @@ def markdown(res: dict[str, Any]) -> str:
     w = res["sweep"]
     lines += [f"## 2. Throughput: 2 processes, R = {w['rate']:g}, {w['tabs']} tabs per "
               f"generation, coalescing off, until p99 lateness > {w['limit_ms']:g} ms", "",
-              "| system | generations | offered frames/s | delivered frames/s | lateness p99 ms "
-              "| chatcast CPU | Redis CPU | load generator CPU | core 0 busy | core 1 busy | "
-              "exact |", "|" + "---|" * 11]
+              "| system | generations | offered tokens/s | delivered tokens/s | in frames/s | "
+              "lateness p99 ms | chatcast CPU | Redis CPU | load generator CPU | core 0 busy | "
+              "core 1 busy | kept up | exact |", "|" + "---|" * 13]
     for label, v in w["systems"].items():
         for p in v["points"]:
             lines.append(
                 f"| {label} | {p['gens']} | {p['offered_frames_per_s']:,.0f} | "
-                f"{p['frames_per_s']:,.0f} | {p['lateness_ms']['p99']:,.1f} | "
+                f"{p['tokens_per_s']:,.0f} | {p['frames_per_s']:,.0f} | "
+                f"{p['lateness_ms']['p99']:,.1f} | "
                 f"{p['server_cpu_util']:.0%} | {p['redis_cpu_util']:.0%} | "
                 f"{p['loadgen_cpu_util']:.0%} | {p['core0_busy']:.0%} | "
-                f"{p['core1_busy']:.0%} | {'yes' if p['correct'] else 'NO'} |")
+                f"{p['core1_busy']:.0%} | {'yes' if within(p) else 'no'} | "
+                f"{'yes' if p['correct'] else 'NO'} |")
     lines.append("")
     swept = w["systems"]
-    a, b = (swept[label]["max_frames_per_s"] for label in SWEEP_SYSTEMS)
-    lines.append(f"Highest delivered frames/s within the limit: one Redis {a:,.0f}, cluster "
-                 f"{b:,.0f} ({b / a if a else float('nan'):.2f}×).")
+    a, b = (swept[label]["max_tokens_per_s"] for label in SWEEP_SYSTEMS)
+    fa, fb = (swept[label]["max_frames_per_s"] for label in SWEEP_SYSTEMS)
+    lines.append(f"Highest load kept up with (p99 lateness ≤ {w['limit_ms']:g} ms and ≥ 95 % of "
+                 f"the offered tokens delivered): one Redis {a:,.0f} tokens/s in {fa:,.0f} "
+                 f"frames/s, cluster {b:,.0f} tokens/s in {fb:,.0f} frames/s "
+                 f"({b / a if a else float('nan'):.2f}×).")
     for label in SWEEP_SYSTEMS:
         lines.append(f"- {label}: {swept[label]['saturated']}.")
-    lines += ["", "Core busy shares come from /proc/stat and include every process on the "
+    lines += ["", "Tokens are counted per tab (a token delivered to 3 tabs counts 3 times). "
+              "With coalescing off chatcast still takes the provider chunks that arrived while "
+              "it was busy as one delta, so a loaded server sends fewer frames than tokens. "
+              "Core busy shares come from /proc/stat and include every process on the "
               "core (the machine's other work too); chatcast, Redis and load generator CPU are "
               "those processes' own, as a share of one core.", ""]
     return "\n".join(lines)
