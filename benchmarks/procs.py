@@ -130,7 +130,8 @@ def start_baseline(rate: float, cpu: str | None, log: Path) -> Server:
 def start_chatcast(label: str, data_dir: Path, *, processes: int = 1, rate: float,
                    redis_url: str | None, cpu: str | None, log: Path,
                    extra: dict[str, str] | None = None, db_url: str | None = None,
-                   process_env: list[dict[str, str]] | None = None) -> Server:
+                   process_env: list[dict[str, str]] | None = None,
+                   start_timeout_s: float = 30.0) -> Server:
     """`processes` chatcast processes on one database; process i also gets `process_env[i]`
     (e.g. its own Redis Cluster seed node in REDIS_URL)."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -154,8 +155,14 @@ def start_chatcast(label: str, data_dir: Path, *, processes: int = 1, rate: floa
             server.procs.append(subprocess.Popen(pinned(cpu, cmd), env=own, cwd=data_dir,
                                                  stdout=out, stderr=subprocess.STDOUT))
         server.ports.append(port)
-    for port in server.ports:
-        wait_http(port, "/healthz")
+    try:
+        for port in server.ports:
+            wait_http(port, "/healthz", timeout=start_timeout_s)
+    except RuntimeError as exc:
+        server.stop()
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"{label}: {exc}; the servers' log ends with:\n" + "\n".join(tail)
+                           ) from exc
     return server
 
 
