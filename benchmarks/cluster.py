@@ -335,6 +335,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "redis_us_per_frame": stats(col(lambda r: side("redis")(r)["us_per_frame"])),
         "redis_masters_us_per_frame": stats(
             col(lambda r: side("redis_masters")(r)["us_per_frame"])),
+        "redis_us_per_token": stats(col(lambda r: side("redis")(r)["cpu_s"] * 1e6
+                                        / max(r["tokens"], 1))),
         "redis_cpu_util": stats(col(lambda r: side("redis")(r)["util"])),
         "frames_per_s": stats(col(lambda r: r["frames_per_s"])),
         "latency_p50_ms": stats(col(lambda r: r["latency_ms"]["p50"])),
@@ -367,25 +369,30 @@ def markdown(res: dict[str, Any]) -> str:
              "flushed between runs.", "",
              f"## 1. Fan-out: {f['gens']} generations × {f['tabs']} tabs, R = "
              f"{f['rate']:g} tokens/s, {f['window_s']:g} s window", "",
-             "| system | chatcast CPU µs / frame | × one Redis | Redis CPU µs / frame (all "
-             "nodes) | masters only | frames/s | latency p50 ms | latency p99 ms | lateness "
+             "| system | chatcast CPU µs / frame | × one Redis | µs / token | Redis CPU µs / "
+             "frame (all nodes) | masters only | Redis µs / token | frames/s | latency p50 ms "
+             "| latency p99 ms | lateness "
              "p99 ms | chatcast CPU | Redis CPU | Redis commands / token | script calls / "
              "token | tabs completed | exact |",
-             "|" + "---|" * 15]
+             "|" + "---|" * 17]
     for label, _, processes in SYSTEMS:
         v = s[label]
         single = s[f"one Redis, {processes} process{'es' if processes > 1 else ''}"]
         ratio = v["cpu_us_per_frame"]["median"] / single["cpu_us_per_frame"]["median"]
         lines.append(
             f"| {label} | {spread(v['cpu_us_per_frame'])} | {ratio:.2f} | "
+            f"{spread(v['cpu_us_per_token'])} | "
             f"{spread(v['redis_us_per_frame'])} | {spread(v['redis_masters_us_per_frame'])} | "
+            f"{spread(v['redis_us_per_token'])} | "
             f"{v['frames_per_s']['median']:,.0f} | {spread(v['latency_p50_ms'], 2)} | "
             f"{spread(v['latency_p99_ms'], 2)} | {spread(v['lateness_p99_ms'])} | "
             f"{v['server_cpu_util']['median']:.0%} | {v['redis_cpu_util']['median']:.0%} | "
             f"{spread(v['commands_per_token'], 2)} | {spread(v['script_calls_per_token'], 3)} "
             f"| {v['completed_share']['min']:.0%} | {'yes' if v['correct'] else 'NO'} |")
     lines += ["", "chatcast CPU: utime+stime of the server processes over the window ÷ frames "
-              "delivered in it; Redis CPU: the same for the redis-server processes (on the "
+              "delivered in it (per token: ÷ tokens delivered, counted per tab; a loaded server "
+              "merges tokens into fewer frames, so per token is the like-for-like figure when "
+              "frames/s differ); Redis CPU: the same for the redis-server processes (on the "
               "cluster the replicas' share is the difference between the two columns). "
               "Commands per produced token are summed over the masters (INFO commandstats; "
               "the commands inside scripts and functions are counted); script calls are "
@@ -463,6 +470,14 @@ def redis_version() -> str:
     return word.removeprefix("v=")
 
 
+def rewrite(path: Path) -> None:
+    """cluster.md again from the figures in cluster.json (after a change to the report)."""
+    res = json.loads(path.read_text())
+    for label, rs in res["fanout"]["runs"].items():
+        res["fanout"]["summary"][label] = summarise(rs)
+    path.with_suffix(".md").write_text(markdown(res))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small loads, short windows")
@@ -470,7 +485,12 @@ def main() -> None:
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--loadgen-cpu", default="1")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite cluster.md from the cluster.json in --out, run nothing")
     args = parser.parse_args()
+    if args.report_only:
+        rewrite(args.out / "cluster.json")
+        return
     raise_nofile()
     started = time.monotonic()
     with affinity(args.loadgen_cpu):
