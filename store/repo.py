@@ -354,7 +354,7 @@ class Repo:
                          key=lambda m: m.id)
         return Started(chat, gen, assistant, user_msg, history=history)
 
-    async def _may_start(self, s: AsyncSession | AsyncConnection, user_id: str) -> bool:
+    async def _may_start(self, s: AsyncConnection, user_id: str) -> bool:
         """Whether the user may start one more generation. Locks the user's row first, so
         concurrent starts by one user (on any process) are checked one after the other: on
         PostgreSQL `SELECT … FOR UPDATE`; on SQLite a no-op UPDATE, which takes the
@@ -395,7 +395,7 @@ class Repo:
         """A new answer to the last (or given) user message."""
         chat = await self.get_chat(user_id, chat_id)
         async with self.sessions() as s:
-            if not await self._may_start(s, user_id):
+            if not await self._may_start(await s.connection(), user_id):
                 raise self._too_many()
             q = select(Message).where(Message.chat_id == chat_id, Message.role == "user")
             if message_id:
@@ -412,8 +412,8 @@ class Repo:
             chat.updated_at = utcnow()
             # `chat` was read without the ORM (`get_chat`): it is in no session, so its
             # change is an UPDATE of its own (adding it would INSERT it again).
-            await s.execute(update(_CHAT).where(_CHAT.c.id == chat_id)
-                            .values(updated_at=chat.updated_at))
+            await s.exec(update(_CHAT).where(_CHAT.c.id == chat_id)
+                         .values(updated_at=chat.updated_at))
             s.add_all([assistant, gen])
             await _commit_start(s)
         return Started(chat, gen, assistant, None)
@@ -422,7 +422,7 @@ class Repo:
     async def start_continue(self, user_id: str, gen_id: str, owner: str) -> Started:
         """A new generation appending to the partial answer of a stopped/interrupted/failed one."""
         async with self.sessions() as s:
-            if not await self._may_start(s, user_id):
+            if not await self._may_start(await s.connection(), user_id):
                 raise self._too_many()
             old = await s.get(Generation, gen_id)
             if old is None or old.user_id != user_id:
