@@ -29,7 +29,7 @@ from benchmarks.report import spread
 async def compare(variants: list[tuple[str, Path]], systems: list[str], repeats: int,
                   quick: bool) -> dict[str, Any]:
     args = argparse.Namespace(server_cpu="0", loadgen_cpu="1", quick=quick, systems=None,
-                              repeats=repeats)
+                              repeats=repeats, profile=False, out=run.RESULTS)
     load = run.QUICK_WHOLEJOB_LOAD if quick else run.WHOLEJOB_LOAD
     runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="chatcast-compare-") as tmp:
@@ -43,9 +43,14 @@ async def compare(variants: list[tuple[str, Path]], systems: list[str], repeats:
                     for name, src in variants if kind != "baseline" else variants[:1]:
                         procs.SERVER_SRC = src
                         key = label if kind == "baseline" else f"{label} [{name}]"
-                        async with bench.fresh(label, kind, db, n, redis) as server:
-                            r = await wholejob.run(Target(server.kind, server.ports), server,
-                                                   load)
+                        # No shared template: each variant migrates with its own code.
+                        fresh = await bench.fresh(label, kind, db, n, redis, None)
+                        try:
+                            r = await wholejob.run(Target(fresh.server.kind,
+                                                          fresh.server.ports),
+                                                   fresh.server, load)
+                        finally:
+                            await fresh.close()
                         runs.setdefault(key, []).append(r)
                         print(f"  {rep + 1}/{repeats} {key}: {r['cpu_us_per_frame']} us/frame, "
                               f"p99 {r['latency_ms']['p99']} ms, burst TTFT p99 "

@@ -27,6 +27,7 @@ import itertools
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,12 +267,15 @@ async def _fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gen
                      stagger_s: float = 1.0, connect_limit: int = 64,
                      slow_tab: Callable[[], int] | None = None,
                      drain_timeout_s: float = 30.0,
-                     side_cpu: dict[str, Callable[[], float]] | None = None) -> RunResult:
+                     side_cpu: dict[str, Callable[[], float]] | None = None,
+                     window_cm: Callable[[], AbstractAsyncContextManager[Any]] | None = None
+                     ) -> RunResult:
     """One fan-out run (see the module docstring).
 
     `side_cpu` names other CPU-second counters read at the window's ends like the server's
     (e.g. the redis-server processes): `extra["side_cpu"]` gets each one's seconds, share
-    of one core and µs per delivered frame over the window.
+    of one core and µs per delivered frame over the window. With `window_cm`, the
+    measurement window runs inside it (a profiler, entered just before the window opens).
 
     With `slow_tab` (a function giving the server's resident memory), one more tab watches
     every chat of the run through a small receive buffer and stops reading when the window
@@ -311,16 +315,19 @@ async def _fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gen
                                       "content": "echo:" + texts[i]}))
     window.start = wall_send + stagger_s + warmup_s
     window.end = window.start + window_s
-    await asyncio.sleep(max(0.0, window.start - time.time()))
     side = side_cpu or {}
-    side0 = {name: read() for name, read in side.items()}
-    cpu0, lg0, w0 = cpu_of_server(), time.process_time(), time.time()
-    extra: dict[str, Any] = {}
-    if slow is not None and slow_tab is not None:
-        extra = await _slow_consumer(slow, slow_tab, window.end)
-    await asyncio.sleep(max(0.0, window.end - time.time()))
-    cpu1, lg1, w1 = cpu_of_server(), time.process_time(), time.time()
-    side1 = {name: read() for name, read in side.items()}
+    if window_cm is not None:  # py-spy takes ~0.3 s to attach
+        await asyncio.sleep(max(0.0, window.start - 0.35 - time.time()))
+    async with window_cm() if window_cm else contextlib.nullcontext():
+        await asyncio.sleep(max(0.0, window.start - time.time()))
+        side0 = {name: read() for name, read in side.items()}
+        cpu0, lg0, w0 = cpu_of_server(), time.process_time(), time.time()
+        extra: dict[str, Any] = {}
+        if slow is not None and slow_tab is not None:
+            extra = await _slow_consumer(slow, slow_tab, window.end)
+        await asyncio.sleep(max(0.0, window.end - time.time()))
+        cpu1, lg1, w1 = cpu_of_server(), time.process_time(), time.time()
+        side1 = {name: read() for name, read in side.items()}
     for ack in acks:
         reply = await asyncio.wait_for(ack, drain_timeout_s)
         if reply["type"] == "error":

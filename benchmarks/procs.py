@@ -54,6 +54,18 @@ def pinned(cpu: str | None, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *cmd]
 
 
+def pin(pid: int, cpu: str | None) -> None:
+    """Every thread of a started process onto `cpu` (threads it starts later inherit it).
+    A server is started on any core and pinned once it answers: its start-up (imports,
+    migrations) then uses both cores instead of queueing on the server's one."""
+    if cpu is None:
+        return
+    cpus = {int(c) for c in cpu.split(",")}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, in seconds (from /proc/<pid>/stat)."""
     raw = Path(f"/proc/{pid}/stat").read_text()
@@ -121,20 +133,20 @@ def start_baseline(rate: float, cpu: str | None, log: Path) -> Server:
     cmd = [sys.executable, "-m", "benchmarks.baseline_server", "--port", str(port),
            "--rate", str(rate), "--timestamps"]
     with log.open("ab") as out:
-        proc = subprocess.Popen(pinned(cpu, cmd), env=clean_env({}), cwd=REPO, stdout=out,
+        proc = subprocess.Popen(cmd, env=clean_env({}), cwd=REPO, stdout=out,
                                 stderr=subprocess.STDOUT)
-    wait_tcp(port)
-    return Server("baseline", "baseline (websockets)", [proc], [port])
+    server = Server("baseline", "baseline (websockets)", [proc], [port])
+    try:
+        wait_tcp(port)
+        pin(proc.pid, cpu)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
-def start_chatcast(label: str, data_dir: Path, *, processes: int = 1, rate: float,
-                   redis_url: str | None, cpu: str | None, log: Path,
-                   extra: dict[str, str] | None = None, db_url: str | None = None,
-                   process_env: list[dict[str, str]] | None = None,
-                   start_timeout_s: float = 30.0) -> Server:
-    """`processes` chatcast processes on one database; process i also gets `process_env[i]`
-    (e.g. its own Redis Cluster seed node in REDIS_URL)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+def _chatcast_env(data_dir: Path, rate: float, redis_url: str | None,
+                  extra: dict[str, str] | None, db_url: str | None) -> dict[str, str]:
     env = {"CHATCAST_DATA_DIR": str(data_dir), "CHATCAST_SECRET_KEY": "bench",
            "CHATCAST_DEMO_TOKENS_PER_S": str(rate), "CHATCAST_DEMO_TIMESTAMPS": "true",
            "CHATCAST_LOG_LEVEL": "WARNING", "CHATCAST_PROVIDER": "demo",
@@ -143,26 +155,53 @@ def start_chatcast(label: str, data_dir: Path, *, processes: int = 1, rate: floa
            **{f"CHATCAST_{k}": v for k, v in BENCH_LIMITS.items()}, **(extra or {})}
     if redis_url:
         env["REDIS_URL"] = redis_url
-    full = clean_env(env)
-    subprocess.run([sys.executable, "-m", "chatcast.server.cli", "migrate"], env=full, cwd=data_dir,
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return clean_env(env)
+
+
+def migrate(data_dir: Path, db_url: str | None = None) -> None:
+    """Create chatcast's schema: in `db_url`, or in `data_dir`/chatcast.db (SQLite)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    full = _chatcast_env(data_dir, 50, None, None, db_url)
+    subprocess.run([sys.executable, "-m", "chatcast.server.cli", "migrate"], env=full,
+                   cwd=data_dir, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def start_chatcast(label: str, data_dir: Path, *, processes: int = 1, rate: float,
+                   redis_url: str | None, cpu: str | None, log: Path,
+                   extra: dict[str, str] | None = None, db_url: str | None = None,
+                   process_env: list[dict[str, str]] | None = None,
+                   start_timeout_s: float = 60.0, migrated: bool = False) -> Server:
+    """Start `processes` chatcast servers on one database (SQLite in `data_dir` unless
+    `db_url`), migrating it first unless `migrated` (e.g. a copy of a migrated template);
+    process i also gets `process_env[i]` (e.g. its own Redis Cluster seed node in
+    REDIS_URL)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    full = _chatcast_env(data_dir, rate, redis_url, extra, db_url)
+    if not migrated:
+        migrate(data_dir, db_url)
     server = Server("chatcast", label)
     for i in range(processes):
         port = free_port()
         cmd = [sys.executable, "-m", "chatcast.server.cli", "serve", "--port", str(port)]
         own = {**full, **process_env[i]} if process_env else full
         with log.open("ab") as out:
-            server.procs.append(subprocess.Popen(pinned(cpu, cmd), env=own, cwd=data_dir,
-                                                 stdout=out, stderr=subprocess.STDOUT))
+            server.procs.append(subprocess.Popen(cmd, env=own, cwd=data_dir, stdout=out,
+                                                 stderr=subprocess.STDOUT))
         server.ports.append(port)
     try:
         for port in server.ports:
             wait_http(port, "/healthz", timeout=start_timeout_s)
+        for pid in server.pids:
+            pin(pid, cpu)
     except RuntimeError as exc:
         server.stop()
         tail = log.read_text(errors="replace").splitlines()[-15:]
         raise RuntimeError(f"{label}: {exc}; the servers' log ends with:\n" + "\n".join(tail)
                            ) from exc
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 

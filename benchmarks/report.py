@@ -13,6 +13,7 @@ R1 = "Redis bus, 1 process"
 R2 = "Redis bus, 2 processes"
 WJ_MEM = "memory bus, SQLite"
 WJ_R2 = "Redis bus, 2 processes, PostgreSQL"
+COALESCING_ON = "chatcast, coalescing on"
 
 
 def _fmt(x: Any, nd: int = 1) -> str:
@@ -27,42 +28,50 @@ def spread(s: dict[str, float], nd: int = 1) -> str:
     return f"{_fmt(s['median'], nd)} ({_fmt(s['min'], nd)}–{_fmt(s['max'], nd)})"
 
 
-def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
-    """(target, measured, how, met) for every target the run can judge."""
+#: (scenario, system label) behind a target: the system a profile of it would sample.
+Key = tuple[str, str] | None
+Row = tuple[str, str, str, bool | None, Key]
+
+
+def targets(res: dict[str, Any]) -> list[Row]:
+    """(target, measured, how, met, (scenario, system)) for every target the run can
+    judge."""
     sc = res["scenarios"]
-    out: list[tuple[str, str, str, bool | None]] = []
+    out: list[Row] = []
     if "fanout" in sc:
         s = sc["fanout"]["summary"]
         base = s[BASE]["cpu_us_per_frame"]["median"]
         for label, limit in ((R2, 2.2), (R1, 1.8), (MEM, 1.2)):
             ratio = s[label]["cpu_us_per_frame"]["median"] / base
             out.append((f"CPU per delivered frame, {label} ≤ {limit}× baseline",
-                        f"{ratio:.2f}×", "scenario 1, medians", ratio <= limit))
+                        f"{ratio:.2f}×", "scenario 1, medians", ratio <= limit,
+                        ("fanout", label)))
         p99 = s[R2]["latency_p99_ms"]["median"]
         out.append(("p99 delivery latency ≤ 5 ms (Redis, 2 processes)", f"{p99:.2f} ms",
-                    "scenario 1, median of runs", p99 <= 5))
+                    "scenario 1, median of runs", p99 <= 5, ("fanout", R2)))
     if "saturation" in sc:
         best = sc["saturation"]["systems"].get(MEM, {}).get("max_frames_per_s", 0.0)
         out.append(("saturation ≥ 50,000 frames/s per process", f"{best:,.0f} frames/s",
-                    "scenario 2, highest load with p99 lateness ≤ 100 ms", best >= 50000))
-    if "coalescing" in sc:
-        systems = sc["coalescing"]["systems"]
-        on = systems["chatcast, coalescing on"]
+                    "scenario 2, highest load with p99 lateness ≤ 100 ms", best >= 50000,
+                    ("saturation", MEM)))
+    systems = sc.get("coalescing", {}).get("systems", {})
+    if COALESCING_ON in systems and BASE in systems:
+        on = systems[COALESCING_ON]
         base = systems[BASE]["max_tokens_per_s"]
         ratio = on["max_tokens_per_s"] / base if base else 0.0
         p99 = on["best"]["lateness_ms"]["p99"] if on["best"] else float("nan")
         out.append(("≥ 3× baseline delivered tokens/s at R=200 (coalescing), p99 ≤ 50 ms",
                     f"{ratio:.2f}× ({on['max_tokens_per_s']:,.0f} vs {base:,.0f}), "
                     f"p99 {p99:.0f} ms", "scenario 3, highest load with p99 lateness ≤ 50 ms",
-                    ratio >= 3))
+                    ratio >= 3, ("coalescing", COALESCING_ON)))
     if "idle" in sc:
         kib = sc["idle"][MEM]["kib_per_socket"]
         out.append(("≤ 22 KiB per idle subscribed socket", f"{kib:.1f} KiB", "scenario 4",
-                    kib <= 22))
+                    kib <= 22, None))
     if "ttft_stop" in sc:
         p99 = sc["ttft_stop"]["stop_redis_2_processes"]["other_tab"]["p99_ms"]
         out.append(("stop p99 ≤ 50 ms across processes", f"{p99:.1f} ms", "scenario 5",
-                    p99 <= 50))
+                    p99 <= 50, None))
     if "wholejob" in sc:
         w = sc["wholejob"]
         s = w["summary"]
@@ -77,17 +86,53 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             out.append((f"whole job, {label}: CPU per delivered frame ≤ {limit}× baseline",
                         f"{ratio:.2f}× ({spread(v['cpu_us_per_frame'])} vs "
                         f"{spread(s[BASE]['cpu_us_per_frame'])} µs); per delivered token "
-                        f"{per_token:.2f}×", "scenario 7, medians", ratio <= limit))
+                        f"{per_token:.2f}×", "scenario 7, medians", ratio <= limit,
+                        ("wholejob", label)))
             p99 = v["latency_p99_ms"]
             out.append((f"whole job, {label}: p99 latency ≤ {p99_limit:g} ms, no warm-up cut",
                         f"{spread(p99, 1)} ms", "scenario 7, every delta",
-                        p99["median"] <= p99_limit))
+                        p99["median"] <= p99_limit, ("wholejob", label)))
         if WJ_MEM in s:
             ttft = s[WJ_MEM]["burst_ttft_p99_ms"]
             out.append((f"whole job, {WJ_MEM}: time to first token p99 ≤ 50 ms, burst of "
                         f"{burst} sends", f"{spread(ttft, 1)} ms", "scenario 7, the burst",
-                        None if burst < 100 else ttft["median"] <= 50))
+                        None if burst < 100 else ttft["median"] <= 50,
+                        ("wholejob", WJ_MEM)))
     return out
+
+
+def bounded_by(res: dict[str, Any], met: bool | None, key: Key, target: str) -> str:
+    """The profile behind an unmet target: a link and its biggest groups by own time."""
+    if met is not False:
+        return ""
+    if key is None:
+        return ("– (a memory figure: a CPU profile does not bound it)" if "KiB" in target
+                else "– (not profiled)")
+    scenario, label = key
+    prof = res["scenarios"].get(scenario, {}).get("profiles", {}).get(label)
+    if prof is None:
+        return "– (not profiled: run with --profile)"
+    if "error" in prof:
+        return f"profile failed: {prof['error']}"
+    return f"[{scenario}: {label}]({prof['md']}): {prof['headline']}"
+
+
+def elapsed_section(res: dict[str, Any]) -> list[str]:
+    """Where the run's time went, per scenario."""
+    rows = [(name, sc) for name, sc in res["scenarios"].items() if "elapsed_s" in sc]
+    if not rows:
+        return []
+    lines = ["", "## Time", "", "| scenario | elapsed s | of which: starting and stopping "
+             "servers, databases s | profiled extra runs s |", "|---|---|---|---|"]
+    for name, sc in rows:
+        lines.append(f"| {name} | {sc['elapsed_s']:.1f} | {sc.get('start_stop_s', 0):.1f} | "
+                     f"{sc.get('profile_s', 0):.1f} |")
+    total = res.get("elapsed_s")
+    lines.append(f"| **total** (with writing the report) | "
+                 f"**{total if total is not None else '?'}** | "
+                 f"{sum(sc.get('start_stop_s', 0) for _, sc in rows):.1f} | "
+                 f"{sum(sc.get('profile_s', 0) for _, sc in rows):.1f} |")
+    return lines
 
 
 def _sweep(lines: list[str], title: str, columns: list[str], systems: dict[str, Any],
@@ -113,10 +158,13 @@ def markdown(res: dict[str, Any]) -> str:
              f"commit {m['commit']}; {res['repeats']} repeats, median (min–max)"
              f"{'; QUICK run' if res['quick'] else ''}. Total {res.get('elapsed_s', '?')} s.",
              ""]
-    lines += ["## Targets", "", "| target | measured | where | met |", "|---|---|---|---|"]
-    for target, measured, how, met in targets(res):
+    lines += ["## Targets", "", "| target | measured | where | met | bounded by (profile of "
+              "an extra run of the same system, same load) |", "|---|---|---|---|---|"]
+    for target, measured, how, met, behind in targets(res):
         lines.append(f"| {target} | {measured} | {how} | "
-                     f"{'yes' if met else 'no' if met is not None else '–'} |")
+                     f"{'yes' if met else 'no' if met is not None else '–'} | "
+                     f"{bounded_by(res, met, behind, target)} |")
+    lines += elapsed_section(res)
     if "fanout" in sc:
         f = sc["fanout"]
         s = f["summary"]

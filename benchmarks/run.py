@@ -15,24 +15,30 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import itertools
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from benchmarks import loadgen, procs, report, wholejob
+from benchmarks import loadgen, procs, profile, report, wholejob
 from benchmarks.loadgen import Target, stats
 
 RESULTS = Path(__file__).parent / "results"
 SCENARIOS = ("fanout", "saturation", "coalescing", "idle", "ttft_stop", "slow", "wholejob")
+COALESCING_ON = "chatcast, coalescing on"
 #: Where the PostgreSQL runs of the whole-job scenario make their fresh databases.
 PG_ADMIN = os.environ.get("CHATCAST_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -44,17 +50,97 @@ class Bench:
         self.cpu: str = args.server_cpu
         self.log = tmp / "servers.log"
         self.quick: bool = args.quick
+        #: seconds spent starting and stopping servers (and databases), profiling
+        self.spent: dict[str, float] = {"start_stop_s": 0.0, "profile_s": 0.0}
+        self._active: Counter[str] = Counter()
+        self._since: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def chatcast(self, label: str, *, processes: int = 1, rate: float,
                  redis: procs.Redis | None = None, extra: dict[str, str] | None = None,
-                 db_url: str | None = None) -> procs.Server:
-        data = Path(tempfile.mkdtemp(dir=self.tmp))
-        return procs.start_chatcast(label, data, processes=processes, rate=rate,
-                                    redis_url=redis.url if redis else None, cpu=self.cpu,
-                                    log=self.log, extra=extra, db_url=db_url)
+                 db_url: str | None = None, data: Path | None = None,
+                 migrated: bool = False) -> procs.Server:
+        data = data or Path(tempfile.mkdtemp(dir=self.tmp))
+        with self.timed("start_stop_s"):
+            return procs.start_chatcast(label, data, processes=processes, rate=rate,
+                                        redis_url=redis.url if redis else None, cpu=self.cpu,
+                                        log=self.log, extra=extra, db_url=db_url,
+                                        migrated=migrated)
 
     def baseline(self, rate: float) -> procs.Server:
-        return procs.start_baseline(rate, self.cpu, self.log)
+        with self.timed("start_stop_s"):
+            return procs.start_baseline(rate, self.cpu, self.log)
+
+    def stop(self, *servers: procs.Server) -> None:
+        with self.timed("start_stop_s"):
+            for server in servers:
+                server.stop()
+
+    @contextlib.contextmanager
+    def timed(self, key: str) -> Iterator[None]:
+        """Add the block's wall time to spent[key]; overlapping blocks (nested, or in
+        threads side by side) count once."""
+        with self._lock:
+            if self._active[key] == 0:
+                self._since[key] = time.monotonic()
+            self._active[key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active[key] -= 1
+                if self._active[key] == 0:
+                    self.spent[key] += time.monotonic() - self._since[key]
+
+    # Profiles ---------------------------------------------------------------------------
+
+    async def profile_unmet(self, scenario: str, out: dict[str, Any],
+                            runners: dict[str, Callable[[], Awaitable[tuple[str, str]]]]
+                            ) -> None:
+        """With --profile: for each target of `scenario` that this run did not meet, one
+        extra run of the system behind it under py-spy (never one of the measured runs:
+        py-spy stops the process for every sample); summaries in results/profiles/.
+        A runner returns the collapsed stacks and a note on what the profiled run was."""
+        if not self.args.profile:
+            return
+        unmet = [key[1] for *_, met, key in report.targets({"scenarios": {scenario: out}})
+                 if met is False and key is not None and key[0] == scenario]
+        profiles: dict[str, Any] = out.setdefault("profiles", {})
+        for label in dict.fromkeys(unmet):
+            if label not in runners or label in profiles:
+                continue
+            name = f"{scenario}-{_slug(label)}"
+            print(f"  profiling {scenario} {label} (an extra run, not measured)", flush=True)
+            with self.timed("profile_s"):
+                try:
+                    raw, note = await runners[label]()
+                    profiles[label] = profile.write(self.args.out / "profiles", name,
+                                                    f"{scenario}: {label}", raw,
+                                                    str(procs.SERVER_SRC), note)
+                except (RuntimeError, OSError) as exc:
+                    profiles[label] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            print(f"    {profiles[label].get('headline') or profiles[label].get('error')}",
+                  flush=True)
+
+    def spy(self, server: procs.Server) -> contextlib.AbstractAsyncContextManager[list[str]]:
+        return profile.record(server.pids, self.args.loadgen_cpu)
+
+    async def profiled_fanout(self, server: procs.Server, **kw: Any) -> tuple[str, str]:
+        """One fan-out run of `server` with its measurement window under py-spy."""
+        stacks: list[str] = []
+
+        @contextlib.asynccontextmanager
+        async def window() -> AsyncIterator[None]:
+            async with self.spy(server) as got:
+                yield
+            stacks.extend(got)
+
+        r = await loadgen.fanout_run(Target(server.kind, server.ports), server.cpu,
+                                     window_cm=window, **kw)
+        return "".join(stacks), (f"Measurement window of one extra fan-out run: {r.gens} "
+                                 f"generations x {r.tabs} tabs at {r.rate:g} tokens/s, "
+                                 f"{r.window_s:g} s ({r.frames_per_s:,.0f} frames/s, CPU "
+                                 f"{r.server_cpu_util:.0%} with the profiler attached).")
 
     def redis(self) -> procs.Redis:
         return procs.Redis(self.args.loadgen_cpu, Path(tempfile.mkdtemp(dir=self.tmp)))
@@ -65,12 +151,22 @@ class Bench:
         gens, tabs, rate = (30, 3, 50.0) if self.quick else (100, 3, 50.0)
         window = 3.0 if self.quick else 5.0
         redis = self.redis()
-        systems = [self.baseline(rate), self.chatcast("memory bus, 1 process", rate=rate),
-                   self.chatcast("Redis bus, 1 process", rate=rate, redis=redis),
-                   self.chatcast("Redis bus, 2 processes", processes=2, rate=rate,
-                                 redis=redis)]
-        runs: dict[str, list[dict[str, Any]]] = {s.label: [] for s in systems}
+        systems: list[procs.Server] = []
         try:
+            # Started side by side (on both cores, pinned once up), before any run.
+            started = await asyncio.gather(
+                asyncio.to_thread(self.baseline, rate),
+                asyncio.to_thread(self.chatcast, "memory bus, 1 process", rate=rate),
+                asyncio.to_thread(self.chatcast, "Redis bus, 1 process", rate=rate,
+                                  redis=redis),
+                asyncio.to_thread(self.chatcast, "Redis bus, 2 processes", processes=2,
+                                  rate=rate, redis=redis), return_exceptions=True)
+            systems = [s for s in started if isinstance(s, procs.Server)]
+            for failed in started:
+                if isinstance(failed, BaseException):
+                    raise failed
+            runs: dict[str, list[dict[str, Any]]] = {s.label: [] for s in systems}
+            out: dict[str, Any] = {"gens": gens, "tabs": tabs, "rate": rate, "runs": runs}
             for rep in range(self.args.repeats):
                 for server in systems:  # interleaved, so drifting machine noise hits all
                     target = Target(server.kind, server.ports)
@@ -87,12 +183,14 @@ class Bench:
                     print(f"  fanout {rep + 1}/{self.args.repeats} {server.label}: "
                           f"{r.cpu_us_per_frame} us/frame, latency p99 "
                           f"{r.latency_ms['p99']} ms, correct={r.correct}", flush=True)
+            out["summary"] = {label: _summarise(rs) for label, rs in runs.items()}
+            await self.profile_unmet("fanout", out, {
+                s.label: functools.partial(self.profiled_fanout, s, gens=gens, tabs=tabs,
+                                           rate=rate, window_s=window) for s in systems})
         finally:
-            for server in systems:
-                server.stop()
+            self.stop(*systems)
             redis.stop()
-        return {"gens": gens, "tabs": tabs, "rate": rate, "runs": runs,
-                "summary": {label: _summarise(rs) for label, rs in runs.items()}}
+        return out
 
     # Scenario 2 -----------------------------------------------------------------------
 
@@ -106,11 +204,19 @@ class Bench:
             server = self.baseline(rate) if kind == "baseline" else \
                 self.chatcast("memory bus, 1 process", rate=rate,
                               extra={"CHATCAST_COALESCE_MAX_MS": "0"})
-            points = await self._sweep("saturation", server, steps, rate=rate, tabs=tabs,
-                                       limit_ms=limit_ms, drain_timeout_s=15)
-            ok = [p for p in points if p["lateness_ms"]["p99"] <= limit_ms]
-            best = max((p["frames_per_s"] for p in ok), default=0.0)
-            out["systems"][server.label] = {"points": points, "max_frames_per_s": best}
+            try:
+                points = await self._sweep("saturation", server, steps, rate=rate, tabs=tabs,
+                                           limit_ms=limit_ms, drain_timeout_s=15)
+                ok = [p for p in points if p["lateness_ms"]["p99"] <= limit_ms]
+                best = max((p["frames_per_s"] for p in ok), default=0.0)
+                out["systems"][server.label] = {"points": points, "max_frames_per_s": best}
+                if kind == "chatcast":  # the load where it gave up bounds it
+                    await self.profile_unmet("saturation", out, {server.label: functools.partial(
+                        self.profiled_fanout, server, gens=points[-1]["gens"], tabs=tabs,
+                        rate=rate, window_s=self.sweep_window, warmup_s=1.5,
+                        drain_timeout_s=15)})
+            finally:
+                self.stop(server)
         return out
 
     # Scenario 3 -----------------------------------------------------------------------
@@ -123,51 +229,60 @@ class Bench:
         steps = [20, 40, 60] if self.quick else [100, 200, 300, 400]
         out: dict[str, Any] = {"rate": rate, "tabs": tabs, "limit_ms": limit_ms,
                                "systems": {}}
-        for label in ("baseline (websockets)", "chatcast, coalescing on",
-                      "chatcast, coalescing off"):
+        for label in ("baseline (websockets)", COALESCING_ON, "chatcast, coalescing off"):
             if label.startswith("baseline"):
                 server = self.baseline(rate)
             else:
                 off = {"CHATCAST_COALESCE_MAX_MS": "0"} if label.endswith("off") else None
                 server = self.chatcast(label, rate=rate, extra=off)
-            points = await self._sweep("coalescing", server, steps, rate=rate, tabs=tabs,
-                                       limit_ms=limit_ms, drain_timeout_s=20)
-            ok = [p for p in points if p["lateness_ms"]["p99"] <= limit_ms and p["correct"]]
-            best = max(ok, key=lambda p: p["tokens_per_s"], default=None)
-            out["systems"][label] = {"points": points,
-                                     "max_tokens_per_s": best["tokens_per_s"] if best else 0.0,
-                                     "best": best}
+            try:
+                points = await self._sweep("coalescing", server, steps, rate=rate, tabs=tabs,
+                                           limit_ms=limit_ms, drain_timeout_s=20)
+                ok = [p for p in points
+                      if p["lateness_ms"]["p99"] <= limit_ms and p["correct"]]
+                best = max(ok, key=lambda p: p["tokens_per_s"], default=None)
+                out["systems"][label] = {
+                    "points": points, "best": best,
+                    "max_tokens_per_s": best["tokens_per_s"] if best else 0.0}
+                if label == COALESCING_ON:  # the load where it gave up bounds it
+                    await self.profile_unmet("coalescing", out, {label: functools.partial(
+                        self.profiled_fanout, server, gens=points[-1]["gens"], tabs=tabs,
+                        rate=rate, window_s=self.sweep_window, warmup_s=1.5,
+                        drain_timeout_s=20)})
+            finally:
+                self.stop(server)
         return out
 
     async def _sweep(self, scenario: str, server: procs.Server, steps: list[int], *,
                      rate: float, tabs: int, limit_ms: float,
                      drain_timeout_s: float) -> list[dict[str, Any]]:
         """One fan-out run per number of generations in `steps`, until p99 lateness passes
-        `limit_ms` or the server's CPU is saturated; then the server is stopped."""
+        `limit_ms` or the server's CPU is saturated."""
         points: list[dict[str, Any]] = []
-        try:
-            for gens in steps:
-                r = await loadgen.fanout_run(Target(server.kind, server.ports), server.cpu,
-                                             gens=gens, tabs=tabs, rate=rate,
-                                             window_s=3.0 if self.quick else 4.0,
-                                             warmup_s=1.5, drain_timeout_s=drain_timeout_s)
-                offered = gens * tabs * rate
-                points.append({
-                    "gens": gens, "offered_frames_per_s": offered,
-                    "offered_tokens_per_s": offered, "frames_per_s": r.frames_per_s,
-                    "tokens_per_s": r.tokens_per_s,
-                    "tokens_per_frame": round(r.tokens_per_s / max(r.frames_per_s, 1), 2),
-                    "cpu_us_per_token": r.cpu_us_per_token, "lateness_ms": r.lateness_ms,
-                    "latency_ms": r.latency_ms, "server_cpu_util": r.server_cpu_util,
-                    "loadgen_cpu_util": r.loadgen_cpu_util, "correct": r.correct})
-                print(f"  {scenario} {server.label} {gens} gens: {r.tokens_per_s} tokens/s in "
-                      f"{r.frames_per_s} frames/s, lateness p99 {r.lateness_ms['p99']} ms, "
-                      f"cpu {r.server_cpu_util}, correct={r.correct}", flush=True)
-                if r.lateness_ms["p99"] > limit_ms or r.server_cpu_util > 0.97:
-                    break
-        finally:
-            server.stop()
+        for gens in steps:
+            r = await loadgen.fanout_run(Target(server.kind, server.ports), server.cpu,
+                                         gens=gens, tabs=tabs, rate=rate,
+                                         window_s=self.sweep_window,
+                                         warmup_s=1.5, drain_timeout_s=drain_timeout_s)
+            offered = gens * tabs * rate
+            points.append({
+                "gens": gens, "offered_frames_per_s": offered,
+                "offered_tokens_per_s": offered, "frames_per_s": r.frames_per_s,
+                "tokens_per_s": r.tokens_per_s,
+                "tokens_per_frame": round(r.tokens_per_s / max(r.frames_per_s, 1), 2),
+                "cpu_us_per_token": r.cpu_us_per_token, "lateness_ms": r.lateness_ms,
+                "latency_ms": r.latency_ms, "server_cpu_util": r.server_cpu_util,
+                "loadgen_cpu_util": r.loadgen_cpu_util, "correct": r.correct})
+            print(f"  {scenario} {server.label} {gens} gens: {r.tokens_per_s} tokens/s in "
+                  f"{r.frames_per_s} frames/s, lateness p99 {r.lateness_ms['p99']} ms, "
+                  f"cpu {r.server_cpu_util}, correct={r.correct}", flush=True)
+            if r.lateness_ms["p99"] > limit_ms or r.server_cpu_util > 0.97:
+                break
         return points
+
+    @property
+    def sweep_window(self) -> float:
+        return 3.0 if self.quick else 4.0
 
     # Scenario 4 -----------------------------------------------------------------------
 
@@ -186,7 +301,7 @@ class Bench:
                 for tab in tabs + warm:
                     tab.close()
             finally:
-                server.stop()
+                self.stop(server)
             per = (after - before) / sockets
             out[server.label] = {"rss_before_mib": round(before / 2**20, 1),
                                  "rss_after_mib": round(after / 2**20, 1),
@@ -211,7 +326,7 @@ class Bench:
                     provider_ms = await _provider_ttft(server.ports[0], target.cookie or "",
                                                        got)
             finally:
-                server.stop()
+                self.stop(server)
             client_ms = [g["ttft_ms"] for g in got]
             entry = {"client_ttft_ms": _pct(client_ms)}
             if provider_ms:
@@ -243,7 +358,7 @@ class Bench:
             slow = await loadgen.fanout_run(target, server.cpu, gens=gens, tabs=tabs,
                                             rate=rate, window_s=6.0, slow_tab=server.rss)
         finally:
-            server.stop()
+            self.stop(server)
         print(f"  slow consumer: others' latency p99 {plain.latency_ms['p99']} → "
               f"{slow.latency_ms['p99']} ms; slow tab closed "
               f"{slow.extra.get('slow_close_code')}; RSS max {slow.extra.get('rss_max_mib')} "
@@ -257,58 +372,148 @@ class Bench:
     async def wholejob(self) -> dict[str, Any]:
         """Poisson arrivals and a burst, each creating its chat and sending its first
         message (see benchmarks/wholejob.py); every system is started afresh for every run
-        (a new SQLite file or PostgreSQL database), fed the same schedule."""
+        (a new SQLite file or PostgreSQL database), fed the same schedule.
+
+        The databases are copies of one migrated template (a file copy, `CREATE DATABASE
+        … TEMPLATE`), and the next run's system starts while this run's is stopped: both
+        happen between runs, never during one."""
         load = QUICK_WHOLEJOB_LOAD if self.quick else WHOLEJOB_LOAD
         schedule = load.schedule()
         systems = [(label, kind, db, procs_n) for label, kind, db, procs_n in WHOLEJOB_SYSTEMS
                    if kind == "baseline" or self.args.systems is None
                    or any(w in label for w in self.args.systems)]
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label, *_ in systems}
+        out: dict[str, Any] = {"load": {**dataclasses.asdict(load),
+                                        "generations": len(schedule),
+                                        "tabs": sum(a.tabs for a in schedule),
+                                        "tokens": sum(a.tokens for a in schedule)},
+                               "runs": runs}
         redis = self.redis()
+        templates = Templates(self.tmp, any(db == "postgresql" for *_, db, _ in systems))
+        order = [(rep, system) for rep in range(self.args.repeats) for system in systems]
         try:
-            for rep in range(self.args.repeats):
-                for label, kind, db, procs_n in systems:  # interleaved, as in scenario 1
-                    async with self.fresh(label, kind, db, procs_n, redis) as server:
-                        r = await wholejob.run(Target(server.kind, server.ports), server, load)
-                    runs[label].append(r)
-                    print(f"  wholejob {rep + 1}/{self.args.repeats} {label}: "
-                          f"{r['cpu_us_per_frame']} us/frame, latency p99 "
-                          f"{r['latency_ms']['p99']} ms, burst TTFT p99 "
-                          f"{r['burst_ttft_ms']['p99']} ms, stall {r['longest_stall_ms']} ms, "
-                          f"correct={r['correct']} {r['problems'][:2]}", flush=True)
+            with self.timed("start_stop_s"):
+                await templates.make()
+            upcoming = asyncio.create_task(self.fresh(*order[0][1], redis, templates))
+            for i, (rep, (label, *_)) in enumerate(order):  # interleaved, as in scenario 1
+                t_wait = time.monotonic()
+                with self.timed("start_stop_s"):
+                    system = await upcoming
+                t_run = time.monotonic()
+                try:
+                    r = await wholejob.run(Target(system.server.kind, system.server.ports),
+                                           system.server, load)
+                except BaseException:
+                    await system.close()
+                    raise
+                if i + 1 < len(order):  # starts while this one stops
+                    upcoming = asyncio.create_task(
+                        self.fresh(*order[i + 1][1], redis, templates))
+                t_close = time.monotonic()
+                with self.timed("start_stop_s"):
+                    await system.close()
+                r["bench_s"] = {"wait_start": round(t_run - t_wait, 2),
+                                "run": round(t_close - t_run, 2),
+                                "stop": round(time.monotonic() - t_close, 2)}
+                runs[label].append(r)
+                print(f"  wholejob {rep + 1}/{self.args.repeats} {label}: "
+                      f"{r['cpu_us_per_frame']} us/frame, latency p99 "
+                      f"{r['latency_ms']['p99']} ms, burst TTFT p99 "
+                      f"{r['burst_ttft_ms']['p99']} ms, stall {r['longest_stall_ms']} ms, "
+                      f"{r['duration_s']} s (bench {r['bench_s']}), correct={r['correct']} "
+                      f"{r['problems'][:2]}",
+                      flush=True)
+            out["summary"] = {label: summarise_wholejob(rs) for label, rs in runs.items()}
+
+            async def profiled(system: tuple[str, str, str, int]) -> tuple[str, str]:
+                with self.timed("start_stop_s"):
+                    fresh = await self.fresh(*system, redis, templates)
+                try:
+                    async with self.spy(fresh.server) as stacks:
+                        r = await wholejob.run(Target(fresh.server.kind, fresh.server.ports),
+                                               fresh.server, load)
+                finally:
+                    await fresh.close()
+                return "".join(stacks), (
+                    f"The whole of one extra run ({r['duration_s']} s, every process of the "
+                    f"system; burst TTFT p99 {r['burst_ttft_ms']['p99']:,.0f} ms, latency p99 "
+                    f"{r['latency_ms']['p99']:,.0f} ms with the profiler attached).")
+
+            await self.profile_unmet("wholejob", out, {
+                system[0]: functools.partial(profiled, system) for system in systems})
         finally:
             redis.stop()
-        return {"load": {**dataclasses.asdict(load), "generations": len(schedule),
-                         "tabs": sum(a.tabs for a in schedule),
-                         "tokens": sum(a.tokens for a in schedule)},
-                "runs": runs, "summary": {label: summarise_wholejob(rs)
-                                          for label, rs in runs.items()}}
+            await templates.drop()
+        return out
 
-    @contextlib.asynccontextmanager
     async def fresh(self, label: str, kind: str, db: str, processes: int,
-                     redis: procs.Redis) -> Any:
+                    redis: procs.Redis, templates: Templates | None) -> Fresh:
+        """A system started afresh, on a new copy of the migrated database (or, without
+        `templates`, on a new database that it migrates itself)."""
         if kind == "baseline":
-            server = procs.start_baseline(50, self.cpu, self.log)
-            try:
-                yield server
-            finally:
-                server.stop()
-            return
-        db_url = None
-        name = f"chatcast_bench_{os.getpid()}_{int(time.time() * 1000)}"
-        if db == "postgresql":
-            await pg_admin(f'CREATE DATABASE "{name}"')
-            db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+            return Fresh(await asyncio.to_thread(procs.start_baseline, 50, self.cpu, self.log))
+        data = Path(tempfile.mkdtemp(dir=self.tmp))
+        if templates is not None:
+            db_name = await templates.copy(db, data)
+        elif db == "postgresql":
+            db_name = f"chatcast_bench_{os.getpid()}_{int(time.time() * 1000)}"
+            await pg_admin(f'CREATE DATABASE "{db_name}"')
+        else:
+            db_name = None
+        db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{db_name}" if db_name else None
         try:
-            server = self.chatcast(label, processes=processes, rate=50,
-                                   redis=redis if kind == "redis" else None, db_url=db_url)
-            try:
-                yield server
-            finally:
-                server.stop()
-        finally:
-            if db == "postgresql":
-                await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            server = await asyncio.to_thread(
+                procs.start_chatcast, label, data, processes=processes, rate=50,
+                redis_url=redis.url if kind == "redis" else None, cpu=self.cpu, log=self.log,
+                db_url=db_url, migrated=templates is not None)
+        except BaseException:
+            if db_name:
+                await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+            raise
+        return Fresh(server, db_name)
+
+
+@dataclasses.dataclass
+class Fresh:
+    server: procs.Server
+    pg_database: str | None = None
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.server.stop)
+        if self.pg_database:
+            await pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_database}" WITH (FORCE)')
+
+
+class Templates:
+    """Migrated once, copied for every run: a SQLite file, a PostgreSQL template database."""
+
+    def __init__(self, tmp: Path, postgresql: bool) -> None:
+        self.sqlite_dir = tmp / "template-sqlite"
+        self.postgresql = postgresql
+        self.pg_name = f"chatcast_bench_{os.getpid()}_template"
+        self.count = itertools.count()
+
+    async def make(self) -> None:
+        jobs = [asyncio.to_thread(procs.migrate, self.sqlite_dir)]
+        if self.postgresql:
+            await pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+            await pg_admin(f'CREATE DATABASE "{self.pg_name}"')
+            jobs.append(asyncio.to_thread(procs.migrate, self.sqlite_dir.with_name("tpl-pg"),
+                                          PG_ADMIN.rsplit("/", 1)[0] + f"/{self.pg_name}"))
+        await asyncio.gather(*jobs)
+
+    async def copy(self, db: str, data: Path) -> str | None:
+        """A fresh database for one run: in `data` (SQLite; None) or its PostgreSQL name."""
+        if db != "postgresql":
+            shutil.copyfile(self.sqlite_dir / "chatcast.db", data / "chatcast.db")
+            return None
+        name = f"chatcast_bench_{os.getpid()}_{next(self.count)}"
+        await pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.pg_name}"')
+        return name
+
+    async def drop(self) -> None:
+        if self.postgresql:
+            await pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
 
 
 #: The full-size whole-job load: ~40 Poisson arrivals over 4 s, a burst of 100 sends in the
@@ -358,6 +563,11 @@ def summarise_wholejob(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {name: stats(col(*path)) for name, path in keys.items()}
     out["correct"] = all(r["correct"] for r in runs)
     return out
+
+
+def _slug(label: str) -> str:
+    return "-".join(w for w in "".join(c if c.isalnum() else " " for c in label.lower())
+                    .split())
 
 
 def _pct(xs: list[float]) -> dict[str, float]:
@@ -451,8 +661,12 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         for name in chosen:
             t0 = time.monotonic()
             print(f"== {name}", flush=True)
+            spent = dict(bench.spent)
             out["scenarios"][name] = await getattr(bench, name)()
             out["scenarios"][name]["elapsed_s"] = round(time.monotonic() - t0, 1)
+            for key, value in bench.spent.items():
+                out["scenarios"][name][key] = round(value - spent[key], 1)
+            print(f"   {name}: {out['scenarios'][name]['elapsed_s']} s", flush=True)
     return out
 
 
@@ -472,6 +686,9 @@ def main() -> None:
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--loadgen-cpu", default="1")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="for each target not met, one extra run of the system behind "
+                             "it under py-spy, summarised in <out>/profiles/ (default: on)")
     args = parser.parse_args()
     raise_nofile()
     started = time.monotonic()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import cluster, loadgen, procs, wholejob
+from benchmarks import cluster, loadgen, procs, profile, report, wholejob
 from tests.helpers.redis_cluster import RedisCluster
 
 
@@ -88,3 +88,70 @@ async def test_cluster_bus_two_processes_tabs_assemble_exact_text(
     assert result.completed == 12
     assert result.frames > 0
     assert set(result.extra["side_cpu"]["redis"]) == {"cpu_s", "util", "us_per_frame"}
+
+
+#: py-spy's raw output (`record --format raw --full-filenames --nolineno`) of a server:
+#: one line per distinct stack, root first, then its sample count.
+CANNED_PYSPY = """\
+run (/srv/chatcast/server/cli.py);_run_once (/usr/lib/python3.11/asyncio/base_events.py);\
+execute (/venv/lib/python3.11/site-packages/sqlalchemy/engine/base.py);\
+_execute (/venv/lib/python3.11/site-packages/asyncpg/connection.py) 30
+run (/srv/chatcast/server/cli.py);_run_once (/usr/lib/python3.11/asyncio/base_events.py);\
+execute (/venv/lib/python3.11/site-packages/sqlalchemy/engine/base.py) 10
+run (/srv/chatcast/server/cli.py);deliver (/srv/chatcast/core/hub.py) 40
+run (/srv/chatcast/server/cli.py);deliver (/srv/chatcast/core/hub.py);\
+send (/venv/lib/python3.11/site-packages/websockets/protocol.py) 15
+run (/srv/chatcast/server/cli.py);append (/srv/chatcast/core/bus.py);\
+execute (/venv/lib/python3.11/site-packages/redis/asyncio/client.py) 5
+"""
+
+
+def test_profile_summary_groups_own_and_cumulative_time(tmp_path: Path) -> None:
+    s = profile.summarise(CANNED_PYSPY, repo="/srv")
+    assert s.samples == 100
+    assert s.own_groups == {"drivers (aiosqlite, sqlite3, asyncpg)": 30, "SQLAlchemy": 10,
+                            "chatcast": 40, "uvicorn, websockets, starlette, httptools": 15,
+                            "redis-py": 5}
+    assert s.cum_groups["chatcast"] == 100
+    assert s.cum_groups["SQLAlchemy"] == 40
+    assert s.cum_groups["asyncio, threading (stdlib)"] == 40
+    assert s.cum_funcs["deliver (chatcast/core/hub.py)"] == 55
+    assert s.own_funcs.most_common(1) == [("deliver (chatcast/core/hub.py)", 40)]
+    assert profile.headline(s) == "chatcast 40 %, drivers 30 %, uvicorn, websockets, " \
+                                  "starlette, httptools 15 %"
+    d = profile.write(tmp_path / "profiles", "wholejob-x", "wholejob: x", CANNED_PYSPY, "/srv")
+    assert d["md"] == "profiles/wholejob-x.md"
+    md = (tmp_path / "profiles" / "wholejob-x.md").read_text()
+    assert "| SQLAlchemy | 10.0 | 40.0 |" in md
+    stacks = (tmp_path / "profiles" / "wholejob-x.txt").read_text()
+    assert "execute (sqlalchemy/engine/base.py);_execute (asyncpg/connection.py) 30" in stacks
+    assert profile.summarise(stacks).samples == 100  # the shortened stacks read back
+
+
+def test_targets_table_links_the_profile_of_an_unmet_target() -> None:
+    prof = {"md": "profiles/saturation-memory-bus-1-process.md", "headline": "chatcast 50 %"}
+    res = {"scenarios": {"saturation": {"systems": {report.MEM: {"max_frames_per_s": 1.0}},
+                                        "profiles": {report.MEM: prof}}}}
+    rows = report.targets(res)
+    assert [(met, key) for *_, met, key in rows] == [(False, ("saturation", report.MEM))]
+    cell = report.bounded_by(res, False, ("saturation", report.MEM), rows[0][0])
+    assert cell == "[saturation: memory bus, 1 process]" \
+                   "(profiles/saturation-memory-bus-1-process.md): chatcast 50 %"
+
+
+@pytest.mark.skipif(profile.available() is None, reason="py-spy is not installed")
+async def test_profile_records_a_running_server(chatcast: procs.Server) -> None:
+    """py-spy attaches to a real chatcast process while a tiny run streams (it needs
+    ptrace permission: root, or kernel.yama.ptrace_scope 0)."""
+    async with profile.record(chatcast.pids, None) as stacks:
+        result = await _run(chatcast)
+    assert result.correct, result.problems
+    s = profile.summarise("".join(stacks), str(procs.SERVER_SRC))
+    assert s.samples > 0
+    assert s.cum_groups["chatcast"] > 0
+
+
+def test_profile_counts_the_event_loops_own_c_code_apart() -> None:
+    s = profile.summarise("main (/srv/chatcast/server/cli.py);Runner.run "
+                          "(/usr/lib/python3.11/asyncio/runners.py) 7\n", repo="/srv")
+    assert s.own_groups == {profile.LOOP: 7}
