@@ -283,7 +283,9 @@ async def _fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gen
     loop = asyncio.get_running_loop()
     chats = await target.new_chats(gens)
     window = Window()
-    n_tokens = int(rate * (stagger_s + warmup_s + window_s + 0.5)) + 1
+    # The first generation (sent first) ends 0.2 s after the window closes, the last one
+    # `stagger_s` later: every generation streams through the whole window.
+    n_tokens = int(rate * (stagger_s + warmup_s + window_s + 0.2)) + 1
     texts = [expected_text(i, n_tokens) for i in range(gens)]
     groups: list[list[Tab]] = [[Tab(window, rate) for _ in range(tabs)] for _ in chats]
     all_tabs = [t for g in groups for t in g]

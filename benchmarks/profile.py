@@ -126,8 +126,10 @@ def summarise(text: str, repo: str = "") -> Summary:
 
 def markdown(title: str, s: Summary, note: str = "") -> str:
     d = s.as_dict()
-    lines = [f"# {title}", "", f"{s.samples:,} samples (py-spy, {RATE}/s per process, idle "
-             "threads left out; shares of the samples)." + (f" {note}" if note else ""), "",
+    lines = [f"# {title}", "", f"{s.samples:,} samples (py-spy, {RATE}/s per process, only "
+             "the thread holding the GIL: Python's CPU, on the event loop or in a driver's "
+             "thread; SQLite's own C work runs without the GIL and is not in it). Shares of "
+             "the samples." + (f" {note}" if note else ""), "",
              "| where | own % | cumulative % |", "|---|---|---|"]
     for g in sorted(s.cum_groups, key=lambda g: (-s.own_groups[g], g)):
         lines.append(f"| {g} | {s.share(s.own_groups[g])} | {s.share(s.cum_groups[g])} |")
@@ -186,7 +188,7 @@ async def record(pids: list[int], cpu: str | None) -> AsyncIterator[list[str]]:
         cmd_pre = ["taskset", "-c", cpu] if cpu and shutil.which("taskset") else []
         spies = [await asyncio.create_subprocess_exec(
             *cmd_pre, exe, "record", "--pid", str(pid), "--rate", str(RATE), "--format", "raw",
-            "--full-filenames", "--nolineno", "--output", str(out),
+            "--full-filenames", "--nolineno", "--gil", "--output", str(out),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
             for pid, out in zip(pids, outs, strict=True)]
         await asyncio.sleep(0.3)  # py-spy attaches

@@ -39,6 +39,10 @@ from benchmarks.loadgen import Target, stats
 RESULTS = Path(__file__).parent / "results"
 SCENARIOS = ("fanout", "saturation", "coalescing", "idle", "ttft_stop", "slow", "wholejob")
 COALESCING_ON = "chatcast, coalescing on"
+#: A profiled fan-out window: 600 samples per process at py-spy's 200/s.
+PROFILE_WINDOW_S = 3.0
+#: A sweep point streams 1-2 s before its window opens (plus the 1 s stagger of sends).
+SWEEP_WARMUP_S = 1.0
 #: Where the PostgreSQL runs of the whole-job scenario make their fresh databases.
 PG_ADMIN = os.environ.get("CHATCAST_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -149,7 +153,9 @@ class Bench:
 
     async def fanout(self) -> dict[str, Any]:
         gens, tabs, rate = (30, 3, 50.0) if self.quick else (100, 3, 50.0)
-        window = 3.0 if self.quick else 5.0
+        # 100 x 3 tabs at 50 tokens/s: 15,000 frames/s, so a 4 s window holds 60,000
+        # latency samples; each generation has streamed 1-2 s when it opens.
+        window, warmup = (3.0, 1.0) if self.quick else (4.0, 1.0)
         redis = self.redis()
         systems: list[procs.Server] = []
         try:
@@ -173,7 +179,7 @@ class Bench:
                     uses_redis = server.kind == "chatcast" and "Redis" in server.label
                     before = redis.commandstats() if uses_redis else {}
                     r = await loadgen.fanout_run(target, server.cpu, gens=gens, tabs=tabs,
-                                                 rate=rate, window_s=window)
+                                                 rate=rate, window_s=window, warmup_s=warmup)
                     d = r.as_dict()
                     if uses_redis:
                         after = redis.commandstats()
@@ -186,7 +192,8 @@ class Bench:
             out["summary"] = {label: _summarise(rs) for label, rs in runs.items()}
             await self.profile_unmet("fanout", out, {
                 s.label: functools.partial(self.profiled_fanout, s, gens=gens, tabs=tabs,
-                                           rate=rate, window_s=window) for s in systems})
+                                           rate=rate, window_s=PROFILE_WINDOW_S,
+                                           warmup_s=warmup) for s in systems})
         finally:
             self.stop(*systems)
             redis.stop()
@@ -213,7 +220,7 @@ class Bench:
                 if kind == "chatcast":  # the load where it gave up bounds it
                     await self.profile_unmet("saturation", out, {server.label: functools.partial(
                         self.profiled_fanout, server, gens=points[-1]["gens"], tabs=tabs,
-                        rate=rate, window_s=self.sweep_window, warmup_s=1.5,
+                        rate=rate, window_s=PROFILE_WINDOW_S, warmup_s=SWEEP_WARMUP_S,
                         drain_timeout_s=15)})
             finally:
                 self.stop(server)
@@ -247,7 +254,7 @@ class Bench:
                 if label == COALESCING_ON:  # the load where it gave up bounds it
                     await self.profile_unmet("coalescing", out, {label: functools.partial(
                         self.profiled_fanout, server, gens=points[-1]["gens"], tabs=tabs,
-                        rate=rate, window_s=self.sweep_window, warmup_s=1.5,
+                        rate=rate, window_s=PROFILE_WINDOW_S, warmup_s=SWEEP_WARMUP_S,
                         drain_timeout_s=20)})
             finally:
                 self.stop(server)
@@ -263,7 +270,8 @@ class Bench:
             r = await loadgen.fanout_run(Target(server.kind, server.ports), server.cpu,
                                          gens=gens, tabs=tabs, rate=rate,
                                          window_s=self.sweep_window,
-                                         warmup_s=1.5, drain_timeout_s=drain_timeout_s)
+                                         warmup_s=SWEEP_WARMUP_S,
+                                         drain_timeout_s=drain_timeout_s)
             offered = gens * tabs * rate
             points.append({
                 "gens": gens, "offered_frames_per_s": offered,
@@ -282,7 +290,7 @@ class Bench:
 
     @property
     def sweep_window(self) -> float:
-        return 3.0 if self.quick else 4.0
+        return 3.0
 
     # Scenario 4 -----------------------------------------------------------------------
 
@@ -354,9 +362,10 @@ class Bench:
         try:
             target = Target(server.kind, server.ports)
             plain = await loadgen.fanout_run(target, server.cpu, gens=gens, tabs=tabs,
-                                             rate=rate, window_s=6.0)
+                                             rate=rate, window_s=4.0, warmup_s=1.0)
             slow = await loadgen.fanout_run(target, server.cpu, gens=gens, tabs=tabs,
-                                            rate=rate, window_s=6.0, slow_tab=server.rss)
+                                            rate=rate, window_s=4.0, warmup_s=1.0,
+                                            slow_tab=server.rss)
         finally:
             self.stop(server)
         print(f"  slow consumer: others' latency p99 {plain.latency_ms['p99']} → "
