@@ -3,7 +3,8 @@ where it resumes. One rule for every transport:
 
 - a cursor starts where the client says it is: what it already has is a repeat, whether it
   comes from the catch-up or is heard live only afterwards;
-- `start` opens a generation at seq 0; a positioned event (delta, done) moves to its
+- `start` opens a generation at seq 0 (a start of a generation the client has is a repeat:
+  every generation, a `continue` too, has a new id); a positioned event (delta, done) moves to its
   (gen, seq); a `snapshot` moves to the cursor it carries.
 - an event at or below what the client has of its generation is a repeat (replay and live
   overlap); one above the next is a gap (this process missed some: catch up from the log).
@@ -35,7 +36,10 @@ def moved(position: Position | None, event: Event) -> Position | None:
         cursor = event.data.get("cursor")
         return (cursor["gen"], int(cursor["seq"])) if cursor else None
     if event.type == "start":
-        return (str(event.gen), 0)
+        gen = str(event.gen)
+        # A start heard again after a snapshot that showed its generation under way (live
+        # and catch-up overlap) does not take the position back to the generation's start.
+        return position if position is not None and position[0] == gen else (gen, 0)
     if event.is_positioned:
         return (str(event.gen), event.seq)
     return position
@@ -78,9 +82,10 @@ class ChatCursor:
             self._reset(event)
         elif event.type == "start":
             gen = str(event.gen)
-            if gen not in self.seen:
-                self.seen[gen] = 0
-                self.position = (gen, 0)
+            if gen in self.seen:
+                return REPEAT  # the client has this generation already (every one is new)
+            self.seen[gen] = 0
+            self.position = (gen, 0)
         elif event.is_positioned:
             return self._advance(event)
         return DELIVER

@@ -38,3 +38,22 @@ def test_a_cursor_delivers_once_in_order_and_sees_gaps() -> None:
     assert cursor.admit(done) == DELIVER  # a done from SQL, at what was seen: still final
     assert cursor.admit(done) == REPEAT
     assert cursor.cursor() == protocol.Cursor(gen="g", seq=1)
+
+
+def test_a_start_heard_again_after_a_snapshot_of_its_generation_moves_nothing() -> None:
+    """Live and catch-up overlap: a long-poll's answer can be a snapshot showing the answer
+    at seq 1 followed by the live `start` of that answer. Its cursor stays at seq 1 (back at
+    0, the next poll would replay seq 1 again, merged into seq 2), and the hub's cursor does
+    not send that start at all."""
+    snap = protocol.snapshot("c", [], {"gen": "g", "message": "m", "seq": 1, "content": "## "})
+    snap.data["cursor"] = {"gen": "g", "seq": 1}
+    start = protocol.start("c", "g", "m", "demo", "d")
+    position = positions.moved(positions.moved(None, snap), start)
+    assert positions.encode(position) == "g:1"
+    cursor = ChatCursor()
+    assert cursor.admit(snap) == DELIVER
+    assert cursor.admit(start) == REPEAT
+    assert cursor.admit(protocol.delta("c", "g", 1, "## ")) == REPEAT
+    assert cursor.admit(protocol.delta("c", "g", 2, "On ")) == DELIVER
+    assert cursor.admit(protocol.start("c", "g2", "m", "demo", "d")) == DELIVER
+    assert cursor.position == ("g2", 0)
