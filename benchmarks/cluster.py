@@ -34,11 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import uvloop
 
 from benchmarks import loadgen, procs, report
 from benchmarks.loadgen import Target, stats
-from benchmarks.run import RESULTS, _git, affinity, raise_nofile
+from benchmarks.run import RESULTS, _git, run_pinned
 from tests.helpers.redis_cluster import RedisCluster
 
 #: label, Redis ("single" | "cluster"), processes
@@ -491,11 +490,7 @@ def main() -> None:
     if args.report_only:
         rewrite(args.out / "cluster.json")
         return
-    raise_nofile()
-    started = time.monotonic()
-    with affinity(args.loadgen_cpu):
-        result = uvloop.run(run_all(args))
-    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    result = run_pinned(run_all(args), args.loadgen_cpu)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cluster.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "cluster.md").write_text(markdown(result))
