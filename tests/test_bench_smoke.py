@@ -155,3 +155,40 @@ def test_profile_counts_the_event_loops_own_c_code_apart() -> None:
     s = profile.summarise("main (/srv/chatcast/server/cli.py);Runner.run "
                           "(/usr/lib/python3.11/asyncio/runners.py) 7\n", repo="/srv")
     assert s.own_groups == {profile.LOOP: 7}
+
+
+@pytest.mark.parametrize(("knee", "tried"), [
+    (250, [100, 200, 300]),          # climbs the steps, stops at the first past the knee
+    (60, [100, 50, 75]),             # past it at the first step: halves, then splits once
+    (20, [100, 50, 25, 12, 18]),     # halves until a load passes, splits once
+])
+async def test_sweep_finds_a_point_under_the_knee(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path, knee: int,
+                                                  tried: list[int]) -> None:
+    """The sweep's search, with a fake run that is late past `knee` generations."""
+    import argparse
+
+    from benchmarks import run
+
+    seen: list[int] = []
+
+    async def fake_run(target: loadgen.Target, cpu: object, *, gens: int, tabs: int,
+                       rate: float, **kw: object) -> loadgen.RunResult:
+        seen.append(gens)
+        offered = gens * tabs * rate
+        late = {"p50": 1.0, "p99": 500.0 if gens > knee else 5.0, "max": 600.0, "n": 10}
+        return loadgen.RunResult(
+            gens=gens, tabs=tabs, rate=rate, window_s=3.0, frames=int(offered * 3),
+            tokens=int(offered * 3), frames_per_s=offered, tokens_per_s=offered,
+            latency_ms=late, lateness_ms=late, server_cpu_s=1.0, server_cpu_util=0.5,
+            cpu_us_per_frame=10.0, cpu_us_per_token=10.0, loadgen_cpu_util=0.5, correct=True,
+            completed=gens * tabs, problems=[])
+
+    monkeypatch.setattr(loadgen, "fanout_run", fake_run)
+    bench = run.Bench(argparse.Namespace(server_cpu=None, quick=False), tmp_path)
+    server = procs.Server("baseline", "x", ports=[1])
+    points = await bench._sweep("saturation", server, [100, 200, 300, 400], rate=50.0,
+                                tabs=3, limit_ms=100, drain_timeout_s=1)
+    assert seen == tried
+    assert [p["gens"] for p in points] == sorted(tried)
+    assert any(p["lateness_ms"]["p99"] <= 100 for p in points)
