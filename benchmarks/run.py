@@ -44,8 +44,10 @@ COALESCING_ON = "chatcast, coalescing on"
 #: to about ±1.5 points); the measured runs' longer windows are for latency tails, which a
 #: profile does not need.
 PROFILE_STAGGER_S, PROFILE_WARMUP_S, PROFILE_WINDOW_S = 0.5, 0.5, 2.0
-#: A sweep point streams 1-2 s before its window opens (plus the 1 s stagger of sends).
-SWEEP_WARMUP_S = 1.0
+#: A sweep point's warm-up after the 1 s stagger of sends: 1 s plus 5 ms per generation, as
+#: the start of every generation (its chat's first message, the start path) lands in the
+#: first second and a busy server is still catching up on it when a fixed 1 s ends.
+SWEEP_WARMUP_S, SWEEP_WARMUP_PER_GEN_S = 1.0, 0.005
 #: Where the PostgreSQL runs of the whole-job scenario make their fresh databases.
 PG_ADMIN = os.environ.get("CHATCAST_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -276,13 +278,10 @@ class Bench:
 
         async def point(gens: int) -> bool:
             """One run at `gens` generations; whether it is still below the knee."""
-            # The start of every generation (its chat's first message, the start path) lands
-            # in the first second; a busy server is still catching up on it when a 1 s
-            # warm-up ends, so the warm-up grows with the load (5 ms per generation).
             r = await loadgen.fanout_run(Target(server.kind, server.ports), server.cpu,
                                          gens=gens, tabs=tabs, rate=rate,
                                          window_s=self.sweep_window,
-                                         warmup_s=SWEEP_WARMUP_S + 0.005 * gens,
+                                         warmup_s=SWEEP_WARMUP_S + SWEEP_WARMUP_PER_GEN_S * gens,
                                          drain_timeout_s=drain_timeout_s)
             offered = gens * tabs * rate
             points.append({

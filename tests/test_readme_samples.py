@@ -17,7 +17,6 @@ import hashlib
 import os
 import re
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -307,15 +306,6 @@ def _server_side_owner(server_port: int, client_port: int, pids: list[int]) -> i
     return None
 
 
-async def _all_workers_started(srv: ServerProcess, workers: int) -> None:
-    """Until each of uvicorn's `workers` has logged the end of its start-up."""
-    deadline = time.monotonic() + START_S
-    while srv.logs().count("Application startup complete") < workers:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"fewer than {workers} workers started:\n{srv.log_tail()}")
-        await asyncio.sleep(0.1)
-
-
 def _group(pgid: int) -> list[int]:
     """The processes of a process group (the script, the supervisor, its workers)."""
     pids = []
@@ -364,11 +354,10 @@ async def test_deployment(tmp_path: Path, venv: Path, pg_database: tuple[PgAdmin
             base_url=srv.url, timeout=30, trust_env=False, headers={"Origin": origin}) as http:
         # /healthz answers once one worker is up; the kernel only spreads sockets over
         # the workers that are listening, so wait for all of them first.
-        await _all_workers_started(srv, workers)
+        await srv.wait_log("Application startup complete", START_S, times=workers)
         (await http.get("/api/chats")).raise_for_status()
         chat = (await http.post("/api/chats", json={})).json()["id"]
-        tabs: list[WSClient] = []
-        owners: dict[int, WSClient] = {}
+        owners: dict[int, WSClient] = {}  # worker pid -> the one tab kept on it
         opened = 0
         try:
             # Open sockets until two are on different workers (the kernel picks the worker);
@@ -383,7 +372,6 @@ async def test_deployment(tmp_path: Path, venv: Path, pg_database: tuple[PgAdmin
                     await tab.close()
                     continue
                 owners[owner] = tab
-                tabs.append(tab)
                 if len(owners) >= 2:
                     break
             assert len(owners) >= 2, f"every socket landed on one worker: {owners}"
@@ -398,7 +386,7 @@ async def test_deployment(tmp_path: Path, venv: Path, pg_database: tuple[PgAdmin
             dones = [await tab.wait_done(ack["gen"], timeout=ANSWER_S)
                      for tab in (asker, watcher)]
         finally:
-            for tab in tabs:
+            for tab in owners.values():
                 await tab.close()
         stored = await stored_content(http, chat, dones[0]["message"]["id"])
     assert [d["status"] for d in dones] == ["completed", "completed"]

@@ -215,11 +215,11 @@ class ServerProcess:
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.logs().splitlines()[-lines:])
 
-    async def wait_log(self, needle: str, timeout: float = 10.0) -> None:
-        """Wait until `needle` appears in the server's output."""
+    async def wait_log(self, needle: str, timeout: float = 10.0, *, times: int = 1) -> None:
+        """Wait until `needle` appears in the server's output (at least `times` times)."""
         deadline = time.monotonic() + timeout
-        while needle not in self.logs():
+        while self.logs().count(needle) < times:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{needle!r} not in server log after {timeout}s:\n"
-                                   f"{self.log_tail()}")
+                raise TimeoutError(f"{needle!r} not {times} time(s) in server log after "
+                                   f"{timeout}s:\n{self.log_tail()}")
             await asyncio.sleep(0.05)
