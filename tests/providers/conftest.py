@@ -16,8 +16,12 @@ from chatcast.providers.openai import OpenAIProvider
 from tests.fakes import FakeServer, gemini_fake, openai_fake
 
 MESSAGES = [ChatMessage("system", "Answer briefly."), ChatMessage("user", "Say hello.")]
-# Fast enough for tests; the idle timeout is short so stall tests finish quickly.
-POLICY = RetryPolicy(max_retries=2, base_s=0.01, max_s=5.0, idle_timeout_s=0.5)
+# Fast enough for tests. The idle timeout stays well above what a loaded machine can add
+# before a fake's first byte (at 0.5 s, a 503 that came late under a full test run was an
+# idle timeout instead, its attempt ended before the request reached the fake); the tests of
+# a stall itself pass STALL_IDLE_S so they finish quickly.
+POLICY = RetryPolicy(max_retries=2, base_s=0.01, max_s=5.0, idle_timeout_s=10.0)
+STALL_IDLE_S = 0.5
 
 
 @pytest.fixture

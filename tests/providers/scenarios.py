@@ -19,7 +19,7 @@ from chatcast.providers import (
 )
 from chatcast.providers.base import Provider
 from tests.fakes import FakeServer, Reply
-from tests.providers.conftest import MESSAGES, consume, registry
+from tests.providers.conftest import MESSAGES, STALL_IDLE_S, consume, registry
 
 SLOW = Reply(chunks=tuple(f"word{i} " for i in range(200)), delay_s=0.05)
 
@@ -62,6 +62,7 @@ class ProviderScenarios:
         assert outcome.error is None and outcome.texts
         assert outcome.meta["fallback"] == "demo" and outcome.meta["provider"] == "demo"
         assert outcome.meta["retries"] == 2 and len(outcome.meta["errors"]) == 3
+        assert all("503" in e for e in outcome.meta["errors"]), outcome.meta["errors"]
         assert len(api.server.requests) == 3
 
     async def test_permanent_5xx_then_asks_without_streaming(self, api: Api) -> None:
@@ -105,14 +106,15 @@ class ProviderScenarios:
 
     async def test_stall_before_first_token_is_an_idle_timeout(self, api: Api) -> None:
         api.server.script(Reply.text(end="stall"))
-        outcome = await consume(registry(api.provider, max_retries=0))
+        outcome = await consume(registry(api.provider, max_retries=0,
+                                         idle_timeout_s=STALL_IDLE_S))
         assert isinstance(outcome.error, ProviderUnavailable)
         assert "sent nothing" in outcome.error.message
         assert (await api.server.wait_ended()).disconnected
 
     async def test_stall_after_text_is_stream_broken(self, api: Api) -> None:
         api.server.script(Reply.text("partial", end="stall"))
-        outcome = await consume(registry(api.provider))
+        outcome = await consume(registry(api.provider, idle_timeout_s=STALL_IDLE_S))
         assert "".join(outcome.texts) == "partial"
         assert isinstance(outcome.error, ProviderStreamBroken)
         assert (await api.server.wait_ended()).disconnected
