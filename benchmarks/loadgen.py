@@ -283,10 +283,11 @@ async def _fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gen
     loop = asyncio.get_running_loop()
     chats = await target.new_chats(gens)
     window = Window()
-    # The first generation (sent first) ends 0.2 s after the window closes, the last one
-    # `stagger_s` later: every generation streams through the whole window.
-    n_tokens = int(rate * (stagger_s + warmup_s + window_s + 0.2)) + 1
-    texts = [expected_text(i, n_tokens) for i in range(gens)]
+    # Every generation streams through the whole window and ends 0.2 s after it closes: one
+    # sent later in the stagger is shorter by as much (the run has no tail of its own).
+    counts = [int(rate * (stagger_s * (1 - i / max(gens, 1)) + warmup_s + window_s + 0.2)) + 1
+              for i in range(gens)]
+    texts = [expected_text(i, n) for i, n in enumerate(counts)]
     groups: list[list[Tab]] = [[Tab(window, rate) for _ in range(tabs)] for _ in chats]
     all_tabs = [t for g in groups for t in g]
 
@@ -361,7 +362,7 @@ async def _fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gen
         slow.close()
     span = w1 - w0
     cpu = cpu1 - cpu0
-    extra["tokens_per_gen"] = n_tokens
+    extra["tokens_per_gen"] = sum(counts) / max(gens, 1)
     if side:
         extra["side_cpu"] = {
             name: {"cpu_s": round(side1[name] - side0[name], 3),

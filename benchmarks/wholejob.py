@@ -107,21 +107,24 @@ class Job:
 
 
 async def run(target: Target, server: Server, load: Load, *,
-              drain_timeout_s: float = 60.0) -> dict[str, Any]:
+              drain_timeout_s: float = 60.0, cut_after_s: float | None = None
+              ) -> dict[str, Any]:
     """One run of the schedule against a freshly started system; the load generator's
-    garbage collector is off meanwhile (see loadgen.fanout_run)."""
+    garbage collector is off meanwhile (see loadgen.fanout_run). With `cut_after_s` the
+    run ends then, its answers unfinished (for a profile of its busiest part: the result
+    is not a measurement, nor correct)."""
     gc.collect()
     gc.freeze()
     gc.disable()
     try:
-        return await _run(target, server, load, drain_timeout_s)
+        return await _run(target, server, load, drain_timeout_s, cut_after_s)
     finally:
         gc.enable()
         gc.unfreeze()
 
 
 async def _run(target: Target, server: Server, load: Load,
-               drain_timeout_s: float) -> dict[str, Any]:
+               drain_timeout_s: float, cut_after_s: float | None) -> dict[str, Any]:
     schedule = load.schedule()
     window = Window(start=0.0)  # every frame counts
     jobs = [Job(a, i, [Tab(window, a.rate) for _ in range(a.tabs)])
@@ -139,8 +142,8 @@ async def _run(target: Target, server: Server, load: Load,
         cpu0, wall0 = server.cpu(), time.time()
         t0 = loop.time() + 0.05
         tasks = [asyncio.create_task(_job(target, clients, job, t0)) for job in jobs]
-        _, pending = await asyncio.wait(tasks, timeout=load.span_s + load.max_answer_s
-                                        + drain_timeout_s)
+        _, pending = await asyncio.wait(tasks, timeout=cut_after_s or (
+            load.span_s + load.max_answer_s + drain_timeout_s))
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
