@@ -251,10 +251,14 @@ class Bench:
                 off = {"CHATCAST_COALESCE_MAX_MS": "0"} if label.endswith("off") else None
                 server = self.chatcast(label, rate=rate, extra=off)
             try:
-                # Coalescing off is shown beside the others, not compared: no search below.
+                # The ratio compares the highest passing loads of the baseline and of
+                # coalescing on, so both are searched between steps (the steps are 50-100 %
+                # apart); coalescing off is shown beside them, not compared: searched neither
+                # below nor between.
+                compared = not label.endswith("off")
                 points = await self._sweep("coalescing", server, steps, rate=rate, tabs=tabs,
                                            limit_ms=limit_ms, drain_timeout_s=20,
-                                           search_below=not label.endswith("off"))
+                                           search_below=compared, refine=compared)
                 ok = [p for p in points
                       if p["lateness_ms"]["p99"] <= limit_ms and p["correct"]]
                 best = max(ok, key=lambda p: p["tokens_per_s"], default=None)
@@ -271,12 +275,14 @@ class Bench:
 
     async def _sweep(self, scenario: str, server: procs.Server, steps: list[int], *,
                      rate: float, tabs: int, limit_ms: float,
-                     drain_timeout_s: float, search_below: bool = True
-                     ) -> list[dict[str, Any]]:
+                     drain_timeout_s: float, search_below: bool = True,
+                     refine: bool = False) -> list[dict[str, Any]]:
         """One fan-out run per number of generations in `steps`, until p99 lateness passes
         `limit_ms`, the server's CPU is saturated or it delivers under 90 % of the offered
         tokens. With `search_below`, a system past that knee at the first step is tried at
-        half the load until one passes, then once between; the points come sorted."""
+        half the load until one passes, then once between; with `refine`, a system that
+        passed a step and not the next is tried once between them. The points come
+        sorted."""
         points: list[dict[str, Any]] = []
 
         async def point(gens: int) -> bool:
@@ -312,6 +318,8 @@ class Bench:
                         high, low = low, low // 2
                     if low >= 10:
                         await point((low + high) // 2)
+                elif i > 0 and refine:
+                    await point((steps[i - 1] + gens) // 2)
                 break
         points.sort(key=lambda p: p["gens"])
         return points

@@ -157,13 +157,15 @@ def test_profile_counts_the_event_loops_own_c_code_apart() -> None:
     assert s.own_groups == {profile.LOOP: 7}
 
 
-@pytest.mark.parametrize(("knee", "tried"), [
-    (250, [100, 200, 300]),          # climbs the steps, stops at the first past the knee
-    (60, [100, 50, 75]),             # past it at the first step: halves, then splits once
-    (20, [100, 50, 25, 12, 18]),     # halves until a load passes, splits once
+@pytest.mark.parametrize(("knee", "refine", "tried"), [
+    (250, False, [100, 200, 300]),       # climbs the steps, stops at the first past the knee
+    (250, True, [100, 200, 300, 250]),   # and, refining, tries once between
+    (60, False, [100, 50, 75]),          # past it at the first step: halves, then splits once
+    (60, True, [100, 50, 75]),           # (the same with refine: it splits once either way)
+    (20, False, [100, 50, 25, 12, 18]),  # halves until a load passes, splits once
 ])
 async def test_sweep_finds_a_point_under_the_knee(monkeypatch: pytest.MonkeyPatch,
-                                                  tmp_path: Path, knee: int,
+                                                  tmp_path: Path, knee: int, refine: bool,
                                                   tried: list[int]) -> None:
     """The sweep's search, with a fake run that is late past `knee` generations."""
     import argparse
@@ -188,7 +190,7 @@ async def test_sweep_finds_a_point_under_the_knee(monkeypatch: pytest.MonkeyPatc
     bench = run.Bench(argparse.Namespace(server_cpu=None, quick=False), tmp_path)
     server = procs.Server("baseline", "x", ports=[1])
     points = await bench._sweep("saturation", server, [100, 200, 300, 400], rate=50.0,
-                                tabs=3, limit_ms=100, drain_timeout_s=1)
+                                tabs=3, limit_ms=100, drain_timeout_s=1, refine=refine)
     assert seen == tried
     assert [p["gens"] for p in points] == sorted(tried)
     assert any(p["lateness_ms"]["p99"] <= 100 for p in points)
