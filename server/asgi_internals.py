@@ -7,8 +7,11 @@ does. What is reached:
 - uvicorn's websockets-sansio protocol object behind the server's own ASGI `send` (its
   `__self__`): the state its send consults before writing a frame (`SANSIO_STATE`), to
   write an event's JSON bytes from the producer's task without the ASGI message, the
-  coroutine and a str -> bytes copy per socket; and the handshake request/response it keeps
-  for the connection's whole life, dropped once accepted.
+  coroutine and a str -> bytes copy per socket; the handshake request/response it keeps for
+  the connection's whole life, dropped once accepted (and the request's headers emptied:
+  the sans-I/O parser's frame holds the request too); its receive queue and `writable`
+  event, swapped once accepted for `LeanQueue` and `LeanEvent` (what it uses of them,
+  without their four deques: ~3 KiB per idle socket).
 - Starlette's per-connection caches of parsed headers and cookies (`_headers`, `_cookies`).
 - a send coroutine stepped by hand (`Resumed`), so a write that did not suspend costs no
   task, and one that did is finished by the socket's writer task.
@@ -21,6 +24,7 @@ does. What is reached:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -30,6 +34,7 @@ import uvicorn
 from starlette import types as asgi
 from starlette.websockets import WebSocket
 from uvicorn.supervisors import multiprocess
+from websockets.datastructures import Headers
 
 from chatcast.core.protocol import Event
 from chatcast.server import lifecycle
@@ -171,14 +176,129 @@ def release_handshake(ws: WebSocket, send: asgi.Send | None) -> None:
     """After accept, drop what only the handshake read: uvicorn's request and response (with
     all their headers, ~4 KiB, kept for the connection's whole life) when the server is one
     we know does so, and Starlette's cached headers and cookies (parsed again if anything
-    asks)."""
+    asks); and give the connection a lean receive queue and `writable` event."""
     protocol = getattr(send, "__self__", None)
     if protocol is not None and getattr(protocol, "handshake_complete", False):
+        request = getattr(protocol, "request", None)
+        headers: Any = getattr(request, "headers", None)
+        if isinstance(headers, Headers):
+            headers.clear()  # websockets' parser keeps the request in its frame
         for name in ("request", "response"):
             if getattr(protocol, name, None) is not None:
                 setattr(protocol, name, None)
+        _lean_sync(protocol)
     for cached in ("_headers", "_cookies"):
         vars(ws).pop(cached, None)
+
+
+def _lean_sync(protocol: Any) -> None:
+    """Swap uvicorn's asyncio.Queue and asyncio.Event of one connection for the lean ones,
+    carrying their state, when nobody waits on them (so no waiter is left behind)."""
+    queue = getattr(protocol, "queue", None)
+    if type(queue) is asyncio.Queue and not getattr(queue, "_getters", True) \
+            and not getattr(queue, "_putters", True):
+        lean = LeanQueue()
+        while not queue.empty():
+            lean.put_nowait(queue.get_nowait())
+        protocol.queue = lean
+    writable = getattr(protocol, "writable", None)
+    if type(writable) is asyncio.Event and not getattr(writable, "_waiters", True):
+        event = LeanEvent()
+        if writable.is_set():
+            event.set()
+        protocol.writable = event
+
+
+class LeanQueue:
+    """What uvicorn's WebSocket protocol uses of asyncio.Queue (`put_nowait`, `get`,
+    `get_nowait`, `empty`, `qsize`; unbounded, first in first out, getters woken in order)
+    in a list and the futures of waiting getters, made when one waits. asyncio.Queue holds
+    four deques from the start (~3 KiB), for a socket that mostly has nothing queued."""
+
+    __slots__ = ("_getters", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._getters: list[asyncio.Future[None]] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        self._wake()
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.pop(0)
+
+    async def get(self) -> Any:
+        while not self._items:
+            getter = asyncio.get_running_loop().create_future()
+            if self._getters is None:
+                self._getters = []
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:  # as asyncio.Queue.get does
+                getter.cancel()
+                if self._getters is not None and getter in self._getters:
+                    self._getters.remove(getter)
+                if self._items and not getter.cancelled():
+                    self._wake()  # woken, then cancelled: the next getter takes the item
+                raise
+        return self._items.pop(0)
+
+    def _wake(self) -> None:
+        while self._getters:
+            getter = self._getters.pop(0)
+            if not getter.done():
+                getter.set_result(None)
+                return
+
+
+class LeanEvent:
+    """asyncio.Event's `is_set`, `set`, `clear` and `wait`, with its waiters' list made
+    only when someone waits (asyncio.Event holds a deque from the start)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
 
 
 class ChatcastServer(uvicorn.Server):
