@@ -266,7 +266,7 @@ async def _fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gen
                      tabs: int, rate: float, warmup_s: float = 1.5, window_s: float = 5.0,
                      stagger_s: float = 1.0, connect_limit: int = 64,
                      slow_tab: Callable[[], int] | None = None,
-                     drain_timeout_s: float = 30.0,
+                     drain_timeout_s: float = 30.0, same_lengths: bool = False,
                      side_cpu: dict[str, Callable[[], float]] | None = None,
                      window_cm: Callable[[], AbstractAsyncContextManager[Any]] | None = None
                      ) -> RunResult:
@@ -284,9 +284,10 @@ async def _fanout_run(target: Target, cpu_of_server: Callable[[], float], *, gen
     chats = await target.new_chats(gens)
     window = Window()
     # Every generation streams through the whole window and ends 0.2 s after it closes: one
-    # sent later in the stagger is shorter by as much (the run has no tail of its own).
-    counts = [int(rate * (stagger_s * (1 - i / max(gens, 1)) + warmup_s + window_s + 0.2)) + 1
-              for i in range(gens)]
+    # sent later in the stagger is shorter by as much (the run has no tail of its own). With
+    # `same_lengths` every one is as long as the first, the last ending `stagger_s` later.
+    counts = [int(rate * (stagger_s * (1 if same_lengths else 1 - i / max(gens, 1))
+                          + warmup_s + window_s + 0.2)) + 1 for i in range(gens)]
     texts = [expected_text(i, n) for i, n in enumerate(counts)]
     groups: list[list[Tab]] = [[Tab(window, rate) for _ in range(tabs)] for _ in chats]
     all_tabs = [t for g in groups for t in g]

@@ -395,13 +395,18 @@ class Bench:
     async def slow(self) -> dict[str, Any]:
         gens, tabs, rate = (30, 3, 50.0) if self.quick else (100, 3, 50.0)
         server = self.chatcast("memory bus, 1 process", rate=rate)
+        # Every answer as long as the first, the last ending a second after the window (the
+        # other scenarios end them together): the slow tab's backlog then passes its outbox's
+        # bound while they stream, and the server closes it (4008); with the shorter load
+        # they ended first, and the tab, reading again, was never closed.
         try:
             target = Target(server.kind, server.ports)
             plain = await loadgen.fanout_run(target, server.cpu, gens=gens, tabs=tabs,
-                                             rate=rate, window_s=4.0, warmup_s=1.0)
+                                             rate=rate, window_s=4.0, warmup_s=1.0,
+                                             same_lengths=True)
             slow = await loadgen.fanout_run(target, server.cpu, gens=gens, tabs=tabs,
                                             rate=rate, window_s=4.0, warmup_s=1.0,
-                                            slow_tab=server.rss)
+                                            slow_tab=server.rss, same_lengths=True)
         finally:
             self.stop(server)
         print(f"  slow consumer: others' latency p99 {plain.latency_ms['p99']} → "
