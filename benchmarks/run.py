@@ -221,7 +221,11 @@ class Bench:
                 self.chatcast("memory bus, 1 process", rate=rate,
                               extra={"CHATCAST_COALESCE_MAX_MS": "0"})
             try:
-                points = await self._sweep("saturation", server, steps, rate=rate, tabs=tabs,
+                # The baseline from 300 (in full runs here it passed 400, or 500 on a quiet
+                # day): two points fewer; a slower machine has it searched below.
+                own = steps if kind == "chatcast" or self.quick else [
+                    n for n in steps if n >= 300]
+                points = await self._sweep("saturation", server, own, rate=rate, tabs=tabs,
                                            limit_ms=limit_ms, drain_timeout_s=15)
                 ok = [p for p in points if p["lateness_ms"]["p99"] <= limit_ms]
                 best = max((p["frames_per_s"] for p in ok), default=0.0)
